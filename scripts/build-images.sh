@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Builds the offline Kafka and PostgreSQL images with no container registry:
+#   - the root filesystem comes from this machine's own Debian package sources (mmdebstrap),
+#   - the Kafka broker jars come from Maven (images/kafka/pom.xml),
+#   - the result is imported with `podman import` (or `docker import`).
+# An image is rebuilt only when its recipe (the files under images/<name>/ and this
+# script) changes; the recipe's hash is kept in the image label org.order-platform.recipe.
+#
+# Prints the environment to use the images, e.g.:
+#   export OP_KAFKA_IMAGE=localhost/order-platform/kafka:4.4.0
+set -Eeuo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+log() { echo "images: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+engine=${OP_CONTAINER_CLI:-}
+if [[ -z "$engine" ]]; then
+  if command -v podman >/dev/null 2>&1; then engine=podman
+  elif command -v docker >/dev/null 2>&1; then engine=docker
+  else die "neither podman nor docker is installed"; fi
+fi
+
+kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' images/kafka/pom.xml)
+kafka_tag="localhost/order-platform/kafka:${kafka_version}"
+postgres_tag="localhost/order-platform/postgres:15"
+
+need() { # installs Debian packages that provide the commands named
+  local missing=()
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  [[ $(id -u) -eq 0 ]] || die "missing packages: ${missing[*]}; install them first"
+  log "installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2 ||
+    { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2; }
+}
+
+recipe_hash() { # $1 = image folder
+  (cd "$root" && find "$1" scripts/build-images.sh -type f -not -path '*/target/*' -print0 |
+    sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+}
+
+current_hash() { # $1 = tag
+  "$engine" image inspect "$1" --format '{{ index .Config.Labels "org.order-platform.recipe" }}' 2>/dev/null || true
+}
+
+# The machine's own package sources, passed to mmdebstrap as files: no host name is named here.
+sources=()
+for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+  [[ -s "$f" ]] && grep -qv '^\s*\(#\|$\)' "$f" && sources+=("$f")
+done
+suite=$(. /etc/os-release && echo "${VERSION_CODENAME}")
+
+rootfs() { # $1 = output tar, $2 = customize hook (a shell command), rest = packages
+  local out=$1 hook=$2; shift 2
+  need mmdebstrap:mmdebstrap
+  [[ ${#sources[@]} -gt 0 ]] || die "no apt sources found in /etc/apt"
+  log "building a $suite root filesystem with: $*"
+  mmdebstrap --quiet --variant=essential --include="$(IFS=,; echo "$*")" \
+    --essential-hook='mkdir -p "$1/usr/share/man/man1"' \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --customize-hook="$hook" \
+    "$suite" "$out" "${sources[@]}" </dev/null >&2
+}
+
+build_postgres() {
+  local hash; hash=$(recipe_hash images/postgres)
+  if [[ "$(current_hash "$postgres_tag")" == "$hash" ]]; then
+    log "$postgres_tag is up to date"; return
+  fi
+  local work; work=$(mktemp -d); trap 'rm -rf "$work"' RETURN
+  rootfs "$work/rootfs.tar" \
+    "install -m 0755 images/postgres/docker-entrypoint.sh \"\$1/usr/local/bin/\"" \
+    bash postgresql-15 tzdata
+  log "importing $postgres_tag"
+  "$engine" import \
+    -c 'ENV PGDATA=/var/lib/postgresql/data' \
+    -c 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    -c 'ENTRYPOINT ["docker-entrypoint.sh"]' -c 'CMD ["postgres"]' \
+    -c 'EXPOSE 5432' -c 'STOPSIGNAL SIGINT' \
+    -c "LABEL org.order-platform.recipe=$hash" \
+    "$work/rootfs.tar" "$postgres_tag" >/dev/null
+}
+
+build_kafka() {
+  local hash; hash=$(recipe_hash images/kafka)
+  if [[ "$(current_hash "$kafka_tag")" == "$hash" ]]; then
+    log "$kafka_tag is up to date"; return
+  fi
+  need mvn:maven
+  log "resolving Kafka $kafka_version jars with Maven"
+  (cd images/kafka && mvn -q -B package) >&2
+  local work; work=$(mktemp -d); trap 'rm -rf "$work"' RETURN
+  rootfs "$work/rootfs.tar" \
+    "mkdir -p \"\$1/opt/kafka\" && cp -r images/kafka/bin images/kafka/config images/kafka/target/libs \"\$1/opt/kafka/\" && chmod 0755 \"\$1\"/opt/kafka/bin/*" \
+    bash openjdk-17-jre-headless procps
+  log "importing $kafka_tag"
+  "$engine" import \
+    -c 'ENV KAFKA_HOME=/opt/kafka' \
+    -c 'ENV PATH=/opt/kafka/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    -c 'WORKDIR /opt/kafka' -c 'EXPOSE 9092' \
+    -c 'CMD ["bash", "-c", "echo order-platform kafka image: pass a command, see crates/testkit/launch/kafka.sh; exit 2"]' \
+    -c "LABEL org.order-platform.recipe=$hash" \
+    "$work/rootfs.tar" "$kafka_tag" >/dev/null
+}
+
+build_postgres
+build_kafka
+echo "export OP_POSTGRES_IMAGE=$postgres_tag"
+echo "export OP_KAFKA_IMAGE=$kafka_tag"
