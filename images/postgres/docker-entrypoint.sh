@@ -47,11 +47,23 @@ if [[ ! -s "$PGDATA/PG_VERSION" ]]; then
     --auth-host="$POSTGRES_HOST_AUTH_METHOD" -D "$PGDATA" >/dev/null
   rm -f "$pwfile"
   echo "host all all all $POSTGRES_HOST_AUTH_METHOD" >>"$PGDATA/pg_hba.conf"
+
+  # As the official image does: a temporary server on the Unix socket only, for set-up.
+  as_postgres pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start
+  psql=(psql -v ON_ERROR_STOP=1 --no-psqlrc --username "$POSTGRES_USER" -h /var/run/postgresql)
   if [[ "$POSTGRES_DB" != "postgres" ]]; then
-    echo "CREATE DATABASE \"$POSTGRES_DB\";" |
-      as_postgres postgres --single -D "$PGDATA" -j postgres >/dev/null
+    "${psql[@]}" --dbname postgres --set db="$POSTGRES_DB" <<<'CREATE DATABASE :"db";'
   fi
+  for f in /docker-entrypoint-initdb.d/*; do
+    case "$f" in
+      *.sql) echo "running $f"; "${psql[@]}" --dbname "$POSTGRES_DB" -f "$f" ;;
+      *.sh) echo "running $f"; . "$f" ;;
+    esac
+  done
+  as_postgres pg_ctl -D "$PGDATA" -m fast -w stop
+  echo
   echo "PostgreSQL init process complete; ready for start up."
+  echo
 fi
 
 shift

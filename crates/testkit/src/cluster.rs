@@ -1,0 +1,222 @@
+//! A 3-broker KRaft cluster for one test: replication factor 3, `min.insync.replicas=2`,
+//! every node both broker and controller, on a network of its own. Each broker can be
+//! killed (SIGKILL), paused, stopped and started again; a restarted broker keeps its data
+//! and rejoins.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::models::NetworkCreateRequest;
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage};
+
+use crate::engine;
+use crate::images::kafka_image;
+use crate::kafka::{new_cluster_id, Kafka, Node};
+use crate::runtime::{on_testkit, spawn_detached};
+use crate::{names, Error, Result};
+
+/// Brokers in a cluster.
+pub const BROKERS: usize = 3;
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A running 3-broker cluster, removed when dropped.
+pub struct KafkaCluster {
+    kafka: Kafka,
+    brokers: Vec<ClusterBroker>,
+    /// The cluster's own network; removed after its containers.
+    network: String,
+}
+
+/// One broker of a [`KafkaCluster`].
+pub struct ClusterBroker {
+    /// The broker's `node.id`, 1 to 3, as reported in metadata.
+    pub node_id: i32,
+    /// The 127.0.0.1 port clients reach this broker on.
+    pub port: u16,
+    container: Arc<ContainerAsync<GenericImage>>,
+}
+
+impl KafkaCluster {
+    /// Starts a cluster and waits until all three brokers serve metadata.
+    /// Needs a container engine, also in external mode.
+    pub async fn start() -> Result<Self> {
+        on_testkit(Self::start_on_testkit()).await
+    }
+
+    async fn start_on_testkit() -> Result<Self> {
+        let docker = engine::docker().await?;
+        let id = names::unique_name("op-kafka");
+        let network = format!("{id}-net");
+        docker
+            .create_network(NetworkCreateRequest {
+                name: network.clone(),
+                labels: Some(engine::labels()),
+                ..Default::default()
+            })
+            .await?;
+
+        let hostnames: Vec<String> = (1..=BROKERS).map(|n| format!("{id}-{n}")).collect();
+        let voters = hostnames
+            .iter()
+            .enumerate()
+            .map(|(i, host)| format!("{}@{host}:9093", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let cluster_id = new_cluster_id();
+        let mut nodes = Vec::with_capacity(BROKERS);
+        for (i, hostname) in hostnames.iter().enumerate() {
+            nodes.push(Node {
+                node_id: i as u32 + 1,
+                host_port: engine::free_port()?,
+                hostname: hostname.clone(),
+                voters: voters.clone(),
+                replication: BROKERS as u16,
+                min_insync: 2,
+                cluster_id: cluster_id.clone(),
+            });
+        }
+
+        // All at once: a node finishes starting only when a quorum of controllers is up.
+        let image = kafka_image();
+        let started = futures::future::join_all(
+            nodes
+                .iter()
+                .map(|node| node.request(Some(&network)).start()),
+        )
+        .await;
+        let mut brokers = Vec::with_capacity(BROKERS);
+        let mut failure = None;
+        for (node, result) in nodes.iter().zip(started) {
+            match result {
+                Ok(container) => brokers.push(ClusterBroker {
+                    node_id: node.node_id as i32,
+                    port: node.host_port,
+                    container: Arc::new(container),
+                }),
+                Err(source) => {
+                    failure.get_or_insert(Error::Start {
+                        what: format!("Kafka broker {}", node.node_id),
+                        image: image.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        let bootstrap = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.host_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let cluster = Self {
+            kafka: Kafka::at(bootstrap),
+            brokers,
+            network,
+        };
+        if let Some(error) = failure {
+            return Err(error); // dropping `cluster` removes what did start
+        }
+        cluster
+            .kafka
+            .wait_for_brokers(BROKERS, READY_TIMEOUT)
+            .await?;
+        Ok(cluster)
+    }
+
+    /// Helpers bound to all three brokers.
+    pub fn client(&self) -> &Kafka {
+        &self.kafka
+    }
+
+    /// `bootstrap.servers` naming all three brokers.
+    pub fn bootstrap(&self) -> &str {
+        self.kafka.bootstrap()
+    }
+
+    /// The broker with `node.id` = `node_id` (1 to 3).
+    pub fn broker(&self, node_id: i32) -> &ClusterBroker {
+        self.brokers
+            .iter()
+            .find(|b| b.node_id == node_id)
+            .unwrap_or_else(|| panic!("the cluster has brokers 1 to {BROKERS}, not {node_id}"))
+    }
+
+    pub fn brokers(&self) -> &[ClusterBroker] {
+        &self.brokers
+    }
+
+    /// Waits until every partition of `topic` has all three replicas in sync again, as
+    /// after a restarted broker has caught up.
+    pub async fn wait_for_full_isr(&self, topic: &str, timeout: Duration) -> Result<()> {
+        let topic = topic.to_owned();
+        self.kafka
+            .wait_for_metadata(
+                &format!("all replicas of {topic} in sync"),
+                timeout,
+                move |m| {
+                    m.brokers().len() == BROKERS
+                        && m.topics().iter().any(|t| {
+                            t.name() == topic
+                                && !t.partitions().is_empty()
+                                && t.partitions().iter().all(|p| p.isr().len() == BROKERS)
+                        })
+                },
+            )
+            .await
+    }
+}
+
+impl ClusterBroker {
+    /// The container's id, as the engine knows it.
+    pub fn container_id(&self) -> &str {
+        self.container.id()
+    }
+
+    /// Sends SIGKILL: the broker dies at once, with no controlled shutdown.
+    pub async fn kill(&self) -> Result<()> {
+        engine::kill(self.container.id(), "SIGKILL").await
+    }
+
+    /// Freezes every process of the broker (SIGSTOP-like); it stops answering but keeps
+    /// its connections open.
+    pub async fn pause(&self) -> Result<()> {
+        let container = self.container.clone();
+        on_testkit(async move { Ok(container.pause().await?) }).await
+    }
+
+    pub async fn unpause(&self) -> Result<()> {
+        let container = self.container.clone();
+        on_testkit(async move { Ok(container.unpause().await?) }).await
+    }
+
+    /// Stops the broker with SIGTERM (a controlled shutdown), SIGKILL after 30 s.
+    pub async fn stop(&self) -> Result<()> {
+        let container = self.container.clone();
+        on_testkit(async move { Ok(container.stop_with_timeout(Some(30)).await?) }).await
+    }
+
+    /// Starts a stopped or killed broker again; it keeps its data and rejoins.
+    pub async fn start(&self) -> Result<()> {
+        let container = self.container.clone();
+        on_testkit(async move { Ok(container.start().await?) }).await
+    }
+
+    /// Whether the broker's container is running (not killed, stopped or exited).
+    pub async fn is_running(&self) -> Result<bool> {
+        let container = self.container.clone();
+        on_testkit(async move { Ok(container.is_running().await?) }).await
+    }
+}
+
+impl Drop for KafkaCluster {
+    fn drop(&mut self) {
+        let containers: Vec<_> = self.brokers.drain(..).map(|b| b.container).collect();
+        let network = std::mem::take(&mut self.network);
+        spawn_detached(async move {
+            drop(containers); // removes each container (testcontainers' Drop)
+            if let Ok(docker) = engine::docker().await {
+                let _ = docker.remove_network(&network).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,58 @@
+use std::time::Duration;
+
+/// Everything that can go wrong while providing a server to a test.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The one-line message a user sees when containers cannot run at all.
+    #[error(
+        "no container engine answered at {host} ({source_of_host}): {reason}. \
+         Start Docker, or Podman's Docker API (`just engine`), or set OP_DATABASE_URL and \
+         OP_KAFKA_BOOTSTRAP to use a PostgreSQL and a Kafka you run yourself (external mode)"
+    )]
+    NoEngine {
+        host: String,
+        source_of_host: &'static str,
+        reason: String,
+    },
+
+    #[error("could not start the {what} container from image {image}: {source}")]
+    Start {
+        what: String,
+        image: String,
+        #[source]
+        source: testcontainers::TestcontainersError,
+    },
+
+    #[error("container engine: {0}")]
+    Container(#[from] testcontainers::TestcontainersError),
+
+    #[error("container engine API: {0}")]
+    EngineApi(#[from] bollard::errors::Error),
+
+    #[error("{what} was not ready after {waited:?}: {last}")]
+    NotReady {
+        what: String,
+        waited: Duration,
+        last: String,
+    },
+
+    #[error("{0}")]
+    Unsupported(String),
+
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+
+    #[error("kafka admin: {what}: {code}")]
+    KafkaAdmin {
+        what: String,
+        code: rdkafka::types::RDKafkaErrorCode,
+    },
+
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+
+    #[error("{what} timed out after {after:?}")]
+    Timeout { what: String, after: Duration },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

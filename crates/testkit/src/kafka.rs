@@ -1,0 +1,460 @@
+//! Kafka: a single-broker KRaft node per test binary, and helpers that work against any
+//! broker or cluster — create topics, produce raw bytes with headers, read a topic back.
+//!
+//! In external mode (`OP_DATABASE_URL` and `OP_KAFKA_BOOTSTRAP` set) [`broker`] starts
+//! nothing and uses `OP_KAFKA_BOOTSTRAP`.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use futures::StreamExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::metadata::Metadata;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use testcontainers::core::{ContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
+use tokio::sync::OnceCell;
+
+use crate::engine::{self, bind_loopback, labelled};
+use crate::images::{kafka_image, KAFKA_LAUNCH_SCRIPT};
+use crate::runtime::on_testkit;
+use crate::{names, Error, Result};
+
+/// The port every node listens on for clients, inside its container.
+pub(crate) const CLIENT_PORT: u16 = 9092;
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
+/// Bound on one admin, metadata or produce call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A single-broker Kafka (KRaft, broker and controller in one process).
+pub struct KafkaBroker {
+    kafka: Kafka,
+    /// Kept so the container lives as long as the process; `None` in external mode.
+    _container: Option<ContainerAsync<GenericImage>>,
+}
+
+impl KafkaBroker {
+    /// Helpers bound to this broker.
+    pub fn client(&self) -> &Kafka {
+        &self.kafka
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> &str {
+        self.kafka.bootstrap()
+    }
+}
+
+/// The single broker of this test binary, started on first use. Tests share it and keep
+/// apart by using [`names::unique_name`] topics and groups.
+pub async fn broker() -> Result<&'static KafkaBroker> {
+    static BROKER: OnceCell<KafkaBroker> = OnceCell::const_new();
+    BROKER
+        .get_or_try_init(|| async {
+            if let (Ok(_), Ok(bootstrap)) = (
+                std::env::var("OP_DATABASE_URL"),
+                std::env::var("OP_KAFKA_BOOTSTRAP"),
+            ) {
+                let kafka = Kafka::at(bootstrap);
+                kafka.wait_for_brokers(1, STARTUP_TIMEOUT).await?;
+                return Ok(KafkaBroker {
+                    kafka,
+                    _container: None,
+                });
+            }
+            on_testkit(start_single_broker()).await
+        })
+        .await
+}
+
+async fn start_single_broker() -> Result<KafkaBroker> {
+    engine::docker().await?;
+    let port = engine::free_port()?;
+    let node = Node {
+        node_id: 1,
+        host_port: port,
+        hostname: "localhost".into(),
+        voters: "1@localhost:9093".into(),
+        replication: 1,
+        min_insync: 1,
+        cluster_id: new_cluster_id(),
+    };
+    let image = kafka_image();
+    let request = node
+        .request(None)
+        .with_ready_conditions(vec![WaitFor::message_on_stdout("Kafka Server started")]);
+    let container = request.start().await.map_err(|source| Error::Start {
+        what: "Kafka".into(),
+        image: image.to_string(),
+        source,
+    })?;
+    let kafka = Kafka::at(format!("127.0.0.1:{port}"));
+    kafka.wait_for_brokers(1, STARTUP_TIMEOUT).await?;
+    Ok(KafkaBroker {
+        kafka,
+        _container: Some(container),
+    })
+}
+
+/// A random KRaft cluster id: 16 bytes, URL-safe base64 without padding.
+pub(crate) fn new_cluster_id() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+}
+
+/// One KRaft node (broker and controller), as the launch script is told to start it.
+pub(crate) struct Node {
+    pub node_id: u32,
+    /// The 127.0.0.1 port clients reach this node on (advertised to them).
+    pub host_port: u16,
+    /// The name other nodes reach this node by.
+    pub hostname: String,
+    /// `controller.quorum.voters`, the same on every node.
+    pub voters: String,
+    /// Replication factor of new and internal topics.
+    pub replication: u16,
+    pub min_insync: u16,
+    pub cluster_id: String,
+}
+
+impl Node {
+    /// The container request for this node, optionally on a user-defined network.
+    pub(crate) fn request(&self, network: Option<&str>) -> ContainerRequest<GenericImage> {
+        let image = kafka_image();
+        let env = [
+            ("CLUSTER_ID", self.cluster_id.clone()),
+            ("KAFKA_HEAP_OPTS", "-Xmx256m -Xms256m".into()),
+            ("KAFKA_CFG_NODE_ID", self.node_id.to_string()),
+            ("KAFKA_CFG_PROCESS_ROLES", "broker,controller".into()),
+            (
+                "KAFKA_CFG_LISTENERS",
+                format!("EXTERNAL://:{CLIENT_PORT},INTERNAL://:19092,CONTROLLER://:9093"),
+            ),
+            (
+                "KAFKA_CFG_ADVERTISED_LISTENERS",
+                format!(
+                    "EXTERNAL://127.0.0.1:{},INTERNAL://{}:19092",
+                    self.host_port, self.hostname
+                ),
+            ),
+            (
+                "KAFKA_CFG_LISTENER_SECURITY_PROTOCOL_MAP",
+                "EXTERNAL:PLAINTEXT,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT".into(),
+            ),
+            ("KAFKA_CFG_INTER_BROKER_LISTENER_NAME", "INTERNAL".into()),
+            ("KAFKA_CFG_CONTROLLER_LISTENER_NAMES", "CONTROLLER".into()),
+            ("KAFKA_CFG_CONTROLLER_QUORUM_VOTERS", self.voters.clone()),
+            ("KAFKA_CFG_AUTO_CREATE_TOPICS_ENABLE", "false".into()),
+            ("KAFKA_CFG_NUM_PARTITIONS", "3".into()),
+            (
+                "KAFKA_CFG_DEFAULT_REPLICATION_FACTOR",
+                self.replication.to_string(),
+            ),
+            ("KAFKA_CFG_MIN_INSYNC_REPLICAS", self.min_insync.to_string()),
+            (
+                "KAFKA_CFG_OFFSETS_TOPIC_REPLICATION_FACTOR",
+                self.replication.to_string(),
+            ),
+            (
+                "KAFKA_CFG_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+                self.replication.to_string(),
+            ),
+            (
+                "KAFKA_CFG_TRANSACTION_STATE_LOG_MIN_ISR",
+                self.min_insync.to_string(),
+            ),
+            ("KAFKA_CFG_GROUP_INITIAL_REBALANCE_DELAY_MS", "0".into()),
+            (
+                "KAFKA_CFG_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR",
+                self.replication.to_string(),
+            ),
+            (
+                "KAFKA_CFG_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR",
+                self.min_insync.to_string(),
+            ),
+        ];
+        let mut request = GenericImage::new(image.name, image.tag)
+            .with_exposed_port(ContainerPort::Tcp(CLIENT_PORT))
+            .with_cmd(["bash", "-c", KAFKA_LAUNCH_SCRIPT])
+            .with_startup_timeout(STARTUP_TIMEOUT);
+        for (name, value) in env {
+            request = request.with_env_var(name, value);
+        }
+        if let Some(network) = network {
+            request = request
+                .with_network(network)
+                .with_container_name(self.hostname.clone());
+        }
+        bind_loopback(labelled(request), &[(CLIENT_PORT, self.host_port)])
+    }
+}
+
+/// A record to produce, or one read back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// In order; a header may repeat.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Where the record was read from (set by [`Kafka::read_topic`]).
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Record {
+    pub fn new(payload: impl Into<Vec<u8>>) -> Self {
+        Self {
+            payload: Some(payload.into()),
+            ..Self::default()
+        }
+    }
+
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The first header called `name`.
+    pub fn header_value(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Helpers bound to one bootstrap address. Every call is bounded in time.
+#[derive(Debug, Clone)]
+pub struct Kafka {
+    bootstrap: String,
+}
+
+impl Kafka {
+    pub fn at(bootstrap: impl Into<String>) -> Self {
+        Self {
+            bootstrap: bootstrap.into(),
+        }
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// A client configuration with this bootstrap address and bounded timeouts; add to it
+    /// for producers and consumers of your own.
+    pub fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("broker.address.family", "v4")
+            .set("socket.timeout.ms", "10000");
+        config
+    }
+
+    /// A producer that cannot lose or duplicate what the broker acknowledged:
+    /// `acks=all` and idempotence on.
+    pub fn producer(&self) -> Result<FutureProducer> {
+        Ok(self
+            .config()
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "30000")
+            .create()?)
+    }
+
+    /// Creates a topic and waits until every partition has a leader.
+    pub async fn create_topic(&self, name: &str, partitions: i32, replication: i32) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self.config().create()?;
+        let options = AdminOptions::new()
+            .operation_timeout(Some(CALL_TIMEOUT))
+            .request_timeout(Some(CALL_TIMEOUT));
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+        let results = admin.create_topics([&topic], &options).await?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(Error::KafkaAdmin {
+                        what: format!("creating topic {topic}"),
+                        code,
+                    })
+                }
+            }
+        }
+        let topic = name.to_owned();
+        self.wait_for_metadata(&format!("topic {name}"), CALL_TIMEOUT, move |m| {
+            m.topics().iter().any(|t| {
+                t.name() == topic
+                    && t.error().is_none()
+                    && t.partitions().len() == partitions as usize
+                    && t.partitions().iter().all(|p| p.leader() >= 0)
+            })
+        })
+        .await
+    }
+
+    /// Produces one record and waits for the broker's acknowledgement.
+    /// Returns the partition and offset it was written to.
+    pub async fn produce(&self, topic: &str, record: &Record) -> Result<(i32, i64)> {
+        let producer = self.producer()?;
+        produce_with(&producer, topic, record).await
+    }
+
+    /// Reads `count` records from the start of `topic` with a fresh consumer group, or fails
+    /// after `timeout` saying how many arrived. Records come in the order read (per
+    /// partition, in offset order).
+    pub async fn read_topic(
+        &self,
+        topic: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Record>> {
+        let consumer: StreamConsumer = self
+            .config()
+            .set("group.id", names::unique_name("testkit-reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "10000")
+            .create()?;
+        consumer.subscribe(&[topic])?;
+        let mut records = Vec::with_capacity(count);
+        let read = tokio::time::timeout(timeout, async {
+            let mut stream = consumer.stream();
+            while records.len() < count {
+                match stream.next().await {
+                    Some(Ok(message)) => records.push(to_record(&message)),
+                    Some(Err(e)) => return Err(Error::Kafka(e)),
+                    None => break,
+                }
+            }
+            Ok(())
+        })
+        .await;
+        // Closing a consumer can block when a broker is gone; do it off the async threads.
+        tokio::task::spawn_blocking(move || drop(consumer));
+        match read {
+            Ok(Ok(())) => Ok(records),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Timeout {
+                what: format!(
+                    "reading {count} records from {topic} (got {})",
+                    records.len()
+                ),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Waits until the cluster reports `count` brokers.
+    pub async fn wait_for_brokers(&self, count: usize, timeout: Duration) -> Result<()> {
+        self.wait_for_metadata(&format!("{count} Kafka broker(s)"), timeout, move |m| {
+            m.brokers().len() >= count
+        })
+        .await
+    }
+
+    /// Cluster metadata: brokers, topics, partitions with leaders and in-sync replicas.
+    pub async fn metadata(&self) -> Result<Metadata> {
+        let consumer: BaseConsumer = self.config().create()?;
+        tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, CALL_TIMEOUT))
+            .await
+            .map_err(|e| Error::Unsupported(format!("metadata task failed: {e}")))?
+            .map_err(Error::from)
+    }
+
+    /// Polls metadata until `ready` holds, or fails after `timeout` with the last error.
+    pub async fn wait_for_metadata(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&Metadata) -> bool,
+    ) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let last = match self.metadata().await {
+                Ok(metadata) if ready(&metadata) => return Ok(()),
+                Ok(_) => "not yet".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            if started.elapsed() > timeout {
+                return Err(Error::NotReady {
+                    what: format!("{what} at {}", self.bootstrap),
+                    waited: started.elapsed(),
+                    last,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Produces `record` with a producer of the caller's and waits for the acknowledgement.
+pub async fn produce_with(
+    producer: &FutureProducer,
+    topic: &str,
+    record: &Record,
+) -> Result<(i32, i64)> {
+    let mut headers = OwnedHeaders::new();
+    for (name, value) in &record.headers {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value),
+        });
+    }
+    let mut future = FutureRecord::to(topic).headers(headers);
+    if let Some(key) = &record.key {
+        future = future.key(key);
+    }
+    if let Some(payload) = &record.payload {
+        future = future.payload(payload);
+    }
+    let delivery = producer
+        .send(future, CALL_TIMEOUT)
+        .await
+        .map_err(|(e, _)| Error::Kafka(e))?;
+    Ok((delivery.partition, delivery.offset))
+}
+
+fn to_record(message: &impl Message) -> Record {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+        headers,
+        partition: message.partition(),
+        offset: message.offset(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ids_are_22_url_safe_characters() {
+        let id = new_cluster_id();
+        assert_eq!(id.len(), 22);
+        assert!(id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert_ne!(id, new_cluster_id());
+    }
+}

@@ -1,0 +1,187 @@
+//! PostgreSQL: one server per test binary, a fresh database per test.
+//!
+//! The server is started once (or taken from `OP_DATABASE_URL` in external mode). Each
+//! [`TestDatabase`] is a new database created with `CREATE DATABASE`, so tests run in
+//! parallel without seeing each other's rows, and is dropped `WITH (FORCE)` afterwards.
+
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, ImageExt};
+use testcontainers_modules::postgres::Postgres;
+use tokio::sync::OnceCell;
+
+use crate::engine::{self, bind_loopback, labelled};
+use crate::images::postgres_image;
+use crate::runtime::{on_testkit, spawn_detached};
+use crate::{names, Error, Result};
+
+const USER: &str = "postgres";
+const PASSWORD: &str = "postgres";
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running PostgreSQL server that tests may create databases on.
+pub struct PostgresServer {
+    /// Connection options for the server's maintenance database, as a superuser.
+    admin: PgConnectOptions,
+    /// Kept so the container lives as long as the process; `None` in external mode.
+    _container: Option<ContainerAsync<Postgres>>,
+}
+
+/// The server of this test binary, started on first use.
+pub async fn server() -> Result<&'static PostgresServer> {
+    static SERVER: OnceCell<PostgresServer> = OnceCell::const_new();
+    SERVER
+        .get_or_try_init(PostgresServer::start_or_connect)
+        .await
+}
+
+impl PostgresServer {
+    async fn start_or_connect() -> Result<Self> {
+        if let (Ok(url), Ok(_)) = (
+            std::env::var("OP_DATABASE_URL"),
+            std::env::var("OP_KAFKA_BOOTSTRAP"),
+        ) {
+            let admin: PgConnectOptions = url.parse()?;
+            wait_until_accepting(&admin).await?;
+            return Ok(Self {
+                admin,
+                _container: None,
+            });
+        }
+        on_testkit(Self::start_container()).await
+    }
+
+    async fn start_container() -> Result<Self> {
+        engine::docker().await?;
+        let image = postgres_image();
+        let request = Postgres::default()
+            .with_name(image.name.clone())
+            .with_tag(image.tag.clone())
+            // fsync off: these are throw-away databases. Benchmarks that need durability
+            // start their own server.
+            .with_cmd(["-c", "fsync=off", "-c", "max_connections=500"])
+            .with_startup_timeout(STARTUP_TIMEOUT);
+        let request = bind_loopback(labelled(request), &[(5432, 0)]);
+        let container = request.start().await.map_err(|source| Error::Start {
+            what: "PostgreSQL".into(),
+            image: image.to_string(),
+            source,
+        })?;
+        let port = container.get_host_port_ipv4(5432).await?;
+        let admin = PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(port)
+            .username(USER)
+            .password(PASSWORD)
+            .database("postgres");
+        wait_until_accepting(&admin).await?;
+        Ok(Self {
+            admin,
+            _container: Some(container),
+        })
+    }
+
+    /// A connection URL for `database` on this server.
+    pub fn url_for(&self, database: &str) -> String {
+        self.admin
+            .clone()
+            .database(database)
+            .to_url_lossy()
+            .to_string()
+    }
+
+    /// Creates an empty database that only the calling test uses.
+    pub async fn fresh_database(&self) -> Result<TestDatabase> {
+        // Names are identifiers: letters, digits and underscores only, so quoting is safe.
+        let name = names::unique_name("test").replace('-', "_");
+        let mut admin = self.admin_connection().await?;
+        sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        let options = self.admin.clone().database(&name);
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        Ok(TestDatabase {
+            url: self.url_for(&name),
+            name,
+            pool,
+            admin: self.admin.clone(),
+        })
+    }
+
+    async fn admin_connection(&self) -> Result<PgConnection> {
+        Ok(tokio::time::timeout(CONNECT_TIMEOUT, self.admin.connect())
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "connecting to PostgreSQL".into(),
+                after: CONNECT_TIMEOUT,
+            })??)
+    }
+}
+
+/// A database of its own for one test, removed when dropped.
+pub struct TestDatabase {
+    /// The database's name (also in [`Self::url`]).
+    pub name: String,
+    /// A URL a service under test can be configured with.
+    pub url: String,
+    pool: PgPool,
+    /// To drop the database afterwards.
+    admin: PgConnectOptions,
+}
+
+impl TestDatabase {
+    /// A pool on this database for the test's own queries.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = std::mem::take(&mut self.name);
+        let admin = self.admin.clone();
+        spawn_detached(async move {
+            // FORCE ends this test's connections, wherever its pool lives.
+            if let Ok(mut connection) = admin.connect().await {
+                let drop = format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#);
+                let _ = sqlx::query(&drop).execute(&mut connection).await;
+            }
+        });
+    }
+}
+
+async fn wait_until_accepting(options: &PgConnectOptions) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await;
+        let last = match attempt {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+                return Ok(());
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
+        };
+        if started.elapsed() > STARTUP_TIMEOUT {
+            return Err(Error::NotReady {
+                what: format!(
+                    "PostgreSQL at {}:{}",
+                    options.get_host(),
+                    options.get_port()
+                ),
+                waited: started.elapsed(),
+                last,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,138 @@
+//! A 3-broker cluster keeps accepting `acks=all` writes and serving reads while one
+//! broker is down, and a restarted broker rejoins.
+
+use std::time::Duration;
+
+use testkit::kafka::{self, Kafka};
+use testkit::{unique_name, KafkaCluster, Record};
+
+use crate::helpers::{within, MINUTES_2, MINUTES_5};
+
+const PARTITIONS: i32 = 3;
+
+/// Writes `count` records with `acks=all` and idempotence on; every one must be
+/// acknowledged.
+async fn write(kafka: &Kafka, topic: &str, label: &str, count: usize) -> Vec<String> {
+    let producer = kafka.producer().expect("producer");
+    let mut sent = Vec::with_capacity(count);
+    for i in 0..count {
+        let value = format!("{label}-{i}");
+        let record = Record::new(value.clone()).key(format!("key-{}", i % 7));
+        kafka::produce_with(&producer, topic, &record)
+            .await
+            .unwrap_or_else(|e| panic!("write {value} was not acknowledged: {e}"));
+        sent.push(value);
+    }
+    sent
+}
+
+fn values(records: &[Record]) -> Vec<String> {
+    let mut values: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.payload.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    values.sort();
+    values
+}
+
+/// The leader of partition 0 of `topic`.
+async fn leader_of_partition_zero(kafka: &Kafka, topic: &str) -> i32 {
+    let metadata = kafka.metadata().await.expect("metadata");
+    let topic = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .expect("topic");
+    topic.partitions()[0].leader()
+}
+
+#[tokio::test]
+async fn writes_and_reads_go_on_when_a_broker_is_killed_and_it_rejoins_after_restart() {
+    within(MINUTES_5, async {
+        let cluster = KafkaCluster::start().await.expect("cluster");
+        let kafka = cluster.client();
+        let topic = unique_name("replicated");
+        kafka
+            .create_topic(&topic, PARTITIONS, 3)
+            .await
+            .expect("create topic");
+        cluster
+            .wait_for_full_isr(&topic, MINUTES_2)
+            .await
+            .expect("replicas in sync");
+        let mut expected = write(kafka, &topic, "before", 50).await;
+
+        // Kill the leader of a partition, so a leader election must happen.
+        let victim = leader_of_partition_zero(kafka, &topic).await;
+        cluster.broker(victim).kill().await.expect("SIGKILL");
+        assert!(!cluster.broker(victim).is_running().await.expect("state"));
+
+        expected.extend(write(kafka, &topic, "during", 50).await);
+        let new_leader = leader_of_partition_zero(kafka, &topic).await;
+        assert_ne!(new_leader, victim, "a surviving broker leads partition 0");
+        let read = kafka
+            .read_topic(&topic, expected.len(), MINUTES_2)
+            .await
+            .expect("read");
+        expected.sort();
+        assert_eq!(
+            values(&read),
+            expected,
+            "every acknowledged write is readable"
+        );
+
+        cluster.broker(victim).start().await.expect("restart");
+        cluster
+            .wait_for_full_isr(&topic, MINUTES_2)
+            .await
+            .expect("the killed broker rejoins");
+        let metadata = kafka.metadata().await.expect("metadata");
+        assert!(metadata.brokers().iter().any(|b| b.id() == victim));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn writes_go_on_while_a_broker_is_paused_and_after_one_is_stopped_and_started() {
+    within(MINUTES_5, async {
+        let cluster = KafkaCluster::start().await.expect("cluster");
+        let kafka = cluster.client();
+        let topic = unique_name("paused");
+        kafka
+            .create_topic(&topic, PARTITIONS, 3)
+            .await
+            .expect("create topic");
+        cluster
+            .wait_for_full_isr(&topic, MINUTES_2)
+            .await
+            .expect("replicas in sync");
+
+        // A paused broker is dropped from the in-sync set after replica.lag.time.max.ms
+        // (30 s); acks=all writes resume on the two that remain in sync.
+        let paused = cluster.broker(2);
+        paused.pause().await.expect("pause");
+        let mut expected = write(kafka, &topic, "paused", 20).await;
+        paused.unpause().await.expect("unpause");
+        cluster
+            .wait_for_full_isr(&topic, MINUTES_2)
+            .await
+            .expect("the paused broker catches up");
+
+        let stopped = cluster.broker(3);
+        stopped.stop().await.expect("stop");
+        expected.extend(write(kafka, &topic, "stopped", 20).await);
+        stopped.start().await.expect("start");
+        cluster
+            .wait_for_full_isr(&topic, MINUTES_2)
+            .await
+            .expect("the stopped broker rejoins");
+
+        let read = kafka
+            .read_topic(&topic, expected.len(), Duration::from_secs(60))
+            .await
+            .expect("read");
+        expected.sort();
+        assert_eq!(values(&read), expected);
+    })
+    .await;
+}

@@ -1,0 +1,10 @@
+//! The platform's suite, one test binary, on real Kafka and real PostgreSQL.
+//!
+//! Each module specifies one capability; shared set-up lives in `helpers`.
+
+mod helpers;
+
+mod kafka_cluster;
+mod kafka_roundtrip;
+mod no_engine;
+mod postgres_isolation;
