@@ -1,0 +1,53 @@
+# Every routine task of the order platform. `just` alone lists them.
+set shell := ["bash", "-Eeuo", "pipefail", "-c"]
+# `just images-offline` writes the image variables here; variables already set win.
+set dotenv-load := true
+set dotenv-filename := ".op-images.env"
+
+# Engine set-up, shared by recipes: exports DOCKER_HOST (Docker, or Podman's socket).
+engine_env := 'eval "$(scripts/engine.sh)"'
+compose := 'if docker compose version >/dev/null 2>&1; then docker compose -p order-platform "$@"; else docker-compose -p order-platform "$@"; fi'
+
+# List the recipes
+default:
+    @just --list --unsorted
+
+# Make sure a container engine answers (starts Podman's Docker API service if needed)
+[group('infrastructure')]
+engine:
+    @{{engine_env}}; echo "DOCKER_HOST=$DOCKER_HOST"
+
+# Build Kafka and PostgreSQL images with no container registry (Debian packages + Maven); cached
+[group('infrastructure')]
+images-offline:
+    {{engine_env}}; scripts/build-images.sh > .op-images.env; cat .op-images.env
+
+# Start PostgreSQL (127.0.0.1:5432) and Kafka (127.0.0.1:9092) and wait until both answer
+[group('infrastructure')]
+up:
+    {{engine_env}}; c() { {{compose}}; }; c up -d postgres kafka; scripts/wait-ready.sh postgres kafka
+
+# Start the 3-broker KRaft cluster (127.0.0.1:19092, 29092, 39092) and wait until it answers
+[group('infrastructure')]
+up-cluster:
+    {{engine_env}}; c() { {{compose}}; }; c --profile cluster up -d kafka-1 kafka-2 kafka-3; scripts/wait-ready.sh kafka-1 kafka-2 kafka-3
+
+# Stop and remove everything `up` and `up-cluster` started, data included
+[group('infrastructure')]
+down:
+    {{engine_env}}; c() { {{compose}}; }; c --profile cluster down --volumes --remove-orphans
+
+# Show the infrastructure's containers
+[group('infrastructure')]
+ps:
+    {{engine_env}}; c() { {{compose}}; }; c --profile cluster ps
+
+# Run the whole suite on real Kafka and PostgreSQL; fails if it leaves a container behind
+[group('test')]
+test *ARGS:
+    {{engine_env}}; rc=0; cargo test --workspace {{ARGS}} || rc=$?; scripts/leftovers.sh || rc=1; exit $rc
+
+# Remove containers and networks left by test runs that were killed
+[group('test')]
+clean:
+    {{engine_env}}; scripts/leftovers.sh --remove

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Waits until the named docker-compose.yml services answer, up to OP_WAIT_SECONDS (180).
+# PostgreSQL: pg_isready. Kafka: the broker answers an API-versions request.
+set -Eeuo pipefail
+cd "$(dirname "$0")/.."
+
+compose() {
+  if docker compose version >/dev/null 2>&1; then docker compose -p order-platform "$@"
+  else docker-compose -p order-platform "$@"; fi
+}
+
+probe() {
+  case "$1" in
+    postgres) compose exec -T postgres pg_isready -q -U orders -d orders ;;
+    kafka*) compose exec -T "$1" bash -c \
+      '/opt/kafka/bin/kafka-broker-api-versions.sh --bootstrap-server localhost:19092' ;;
+    *) echo "wait-ready: unknown service $1" >&2; return 2 ;;
+  esac
+}
+
+limit=${OP_WAIT_SECONDS:-180}
+start=$SECONDS
+for service in "$@"; do
+  printf 'waiting for %s ' "$service"
+  until probe "$service" >/dev/null 2>&1; do
+    if (( SECONDS - start > limit )); then
+      echo
+      echo "wait-ready: $service did not answer within ${limit}s; its last log lines:" >&2
+      compose logs --tail 30 "$service" >&2 || true
+      exit 1
+    fi
+    printf '.'
+    sleep 2
+  done
+  echo " ready ($(( SECONDS - start ))s)"
+done
