@@ -51,3 +51,13 @@ test *ARGS:
 [group('test')]
 clean:
     {{engine_env}}; scripts/leftovers.sh --remove
+
+# Run the failure drills (real 3-broker cluster, as OS processes); add a drill name to run one
+[group('test')]
+chaos DRILL="broker-kill" *ARGS:
+    {{engine_env}}; cargo run --release -p chaos -- {{DRILL}} {{ARGS}}; scripts/leftovers.sh
+
+# Run the criterion benchmarks (reports in target/criterion)
+[group('test')]
+bench *ARGS:
+    {{engine_env}}; cargo bench --bench kafka_produce {{ARGS}}; scripts/leftovers.sh

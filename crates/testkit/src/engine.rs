@@ -171,34 +171,38 @@ pub async fn remove_labelled(
     let started = std::time::Instant::now();
     let mut removed = 0;
     loop {
-        let containers = docker
+        // Listing can fail while the engine is busy removing the same containers for
+        // another task; that is worth another try, not giving up.
+        let listed = docker
             .list_containers(Some(ListContainersOptions {
                 all: true,
                 filters: Some(filter.clone()),
                 ..Default::default()
             }))
-            .await?;
-        if containers.is_empty() {
-            break;
-        }
-        if started.elapsed() > deadline {
+            .await;
+        let last = match listed {
+            Ok(containers) if containers.is_empty() => break,
+            Ok(containers) => {
+                let count = containers.len();
+                for id in containers.into_iter().filter_map(|c| c.id) {
+                    let options = RemoveContainerOptions {
+                        force: true,
+                        v: true,
+                        ..Default::default()
+                    };
+                    if docker.remove_container(&id, Some(options)).await.is_ok() {
+                        removed += 1;
+                    }
+                }
+                format!("{count} container(s) still there")
+            }
+            Err(e) => e.to_string(),
+        };
+        if started.elapsed() >= deadline {
             return Err(Error::Timeout {
-                what: format!(
-                    "removing {} container(s) labelled {label}={value}",
-                    containers.len()
-                ),
+                what: format!("removing containers labelled {label}={value} ({last})"),
                 after: deadline,
             });
-        }
-        for id in containers.into_iter().filter_map(|c| c.id) {
-            let options = RemoveContainerOptions {
-                force: true,
-                v: true,
-                ..Default::default()
-            };
-            if docker.remove_container(&id, Some(options)).await.is_ok() {
-                removed += 1;
-            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -232,14 +236,14 @@ fn remove_session_containers_at_exit() {
         else {
             return;
         };
-        runtime.block_on(async move {
+        let outcome = runtime.block_on(async move {
             let (host, source) = docker_host();
-            let Ok(docker) = connect(&host, source).await else {
-                return;
-            };
-            let _ =
-                remove_labelled(&docker, LABEL_SESSION, &session, Duration::from_secs(60)).await;
+            let docker = connect(&host, source).await?;
+            remove_labelled(&docker, LABEL_SESSION, &session, Duration::from_secs(60)).await
         });
+        if let Err(e) = outcome {
+            eprintln!("testkit: could not remove this run's containers at exit: {e}");
+        }
     });
     let _ = worker.join();
 }
