@@ -1,0 +1,69 @@
+//! The envelope every event travels in.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The kinds of event, with the schema version this code writes and understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "order.created")]
+    OrderCreated,
+    #[serde(rename = "payment.completed")]
+    PaymentCompleted,
+}
+
+impl EventType {
+    /// The name in the envelope's `event_type`, also the topic the event is published to.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventType::OrderCreated => crate::topics::ORDER_CREATED,
+            EventType::PaymentCompleted => crate::topics::PAYMENT_COMPLETED,
+        }
+    }
+
+    /// The schema version this code writes.
+    pub fn schema_version(self) -> u32 {
+        1
+    }
+}
+
+/// One event: who it is, what it is, when and why it happened, and its payload.
+///
+/// ```json
+/// {
+///   "event_id": "0193a3c5-7e4a-7cc2-9a51-3c1f0b6f2d10",
+///   "event_type": "order.created",
+///   "schema_version": 1,
+///   "occurred_at": "2026-11-25T06:00:00.000000Z",
+///   "correlation_id": "0193a3c5-7e4a-7cc2-9a51-3c1f0b6f2d0f",
+///   "payload": { "order_id": "…", "amount": 222.22, "currency": "USD" }
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope<P> {
+    /// Unique per event; consumers remember it to process each event once.
+    pub event_id: Uuid,
+    pub event_type: EventType,
+    /// Version of the payload's schema, so a consumer can refuse one it does not know.
+    pub schema_version: u32,
+    pub occurred_at: DateTime<Utc>,
+    /// The same for every event caused by one request (the order's id for the order flow).
+    pub correlation_id: Uuid,
+    pub payload: P,
+}
+
+impl<P> Envelope<P> {
+    /// A new event with a time-ordered id, stamped now.
+    pub fn new(event_type: EventType, correlation_id: Uuid, payload: P) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            event_type,
+            schema_version: event_type.schema_version(),
+            occurred_at: Utc::now(),
+            correlation_id,
+            payload,
+        }
+    }
+}

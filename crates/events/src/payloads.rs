@@ -1,0 +1,56 @@
+//! Event payloads.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::money::{Amount, Currency};
+
+/// An order was accepted and stored as `PENDING`. Key: the order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderCreated {
+    pub order_id: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+}
+
+/// An order was paid. Key: the order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentCompleted {
+    pub payment_id: Uuid,
+    pub order_id: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Envelope, EventType};
+
+    #[test]
+    fn an_order_created_event_round_trips_through_json_exactly() {
+        let order_id = Uuid::now_v7();
+        let event = Envelope::new(
+            EventType::OrderCreated,
+            order_id,
+            OrderCreated {
+                order_id,
+                amount: "222.22".parse().unwrap(),
+                currency: Currency::USD,
+            },
+        );
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(json.contains(r#""amount":222.22"#), "{json}");
+        assert!(json.contains(r#""event_type":"order.created""#), "{json}");
+        let back: Envelope<OrderCreated> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let json = r#"{"order_id":"0193a3c5-7e4a-7cc2-9a51-3c1f0b6f2d10","amount":1,"currency":"USD","extra":1}"#;
+        assert!(serde_json::from_str::<OrderCreated>(json).is_err());
+    }
+}
