@@ -7,4 +7,5 @@ mod helpers;
 mod kafka_cluster;
 mod kafka_roundtrip;
 mod no_engine;
+mod orders_api;
 mod postgres_isolation;

@@ -1,7 +1,10 @@
 use std::time::Duration;
 
 /// Everything that can go wrong while providing a server to a test.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the message and its causes, so `.expect()` in a test shows the
+/// readable one-line reason rather than a struct dump.
+#[derive(thiserror::Error)]
 pub enum Error {
     /// The one-line message a user sees when containers cannot run at all.
     #[error(
@@ -56,3 +59,15 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")?;
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            write!(f, "; caused by: {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,57 @@
+//! Settings. Each has a flag and an environment variable; `order-service --help` lists all.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "order-service",
+    version,
+    about = "Accepts orders and publishes order.created"
+)]
+pub struct Config {
+    /// Address to listen on; 127.0.0.1 keeps the service off other interfaces.
+    #[arg(long, env = "ORDER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "ORDER_DATABASE_URL",
+        default_value = "postgres://orders:orders@127.0.0.1:5432/orders",
+        hide_default_value = false
+    )]
+    pub database_url: String,
+
+    /// Largest database pool.
+    #[arg(long, env = "ORDER_DB_POOL", default_value_t = 10)]
+    pub db_pool: u32,
+
+    /// How long a request may wait for a database connection, in seconds.
+    #[arg(long, env = "ORDER_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
+    pub db_acquire_timeout_secs: u64,
+
+    /// How long shutdown may take before in-flight work is abandoned, in seconds.
+    #[arg(long, env = "ORDER_SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Config {
+    pub fn db_acquire_timeout(&self) -> Duration {
+        Duration::from_secs(self.db_acquire_timeout_secs)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// The defaults, pointed at another database; for tests.
+    pub fn for_database(database_url: &str) -> Self {
+        let mut config = Self::parse_from(["order-service"]);
+        config.database_url = database_url.to_owned();
+        config.listen = ([127, 0, 0, 1], 0).into();
+        config
+    }
+}

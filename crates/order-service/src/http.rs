@@ -1,0 +1,282 @@
+//! The HTTP API: routes, the JSON problem responses every error becomes, and the OpenAPI
+//! spec (served at `/api-docs/openapi.json`, browsable at `/swagger-ui`).
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use events::{Amount, Currency};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_swagger_ui::SwaggerUi;
+use uuid::Uuid;
+
+use crate::domain::{NewOrder, Order, OrderStatus};
+use crate::store::{self, Created, StoreError};
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// `GET /orders` page sizes.
+pub const DEFAULT_LIMIT: u32 = 50;
+pub const MAX_LIMIT: u32 = 200;
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "order-service",
+        description = "Accepts orders; each one is published as order.created."
+    ),
+    paths(create_order, list_orders, get_order),
+    components(schemas(CreateOrder, Order, OrderStatus, Problem))
+)]
+pub struct ApiDoc;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/orders", get(list_orders).post(create_order))
+        .route("/orders/{id}", get(get_order))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+        .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", ApiDoc::openapi()))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+}
+
+/// The body of `POST /orders`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    /// Greater than 0, at most 1000000.00, at most two decimal places.
+    #[schema(value_type = f64, example = 222.22)]
+    pub amount: Amount,
+    /// ISO 4217 code; default USD.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "USD")]
+    pub currency: Currency,
+}
+
+/// Create an order. It is stored as `PENDING` and published as `order.created`.
+#[utoipa::path(
+    post, path = "/orders", request_body = CreateOrder,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Makes the call safe to retry: the same key and body return the original order")),
+    responses(
+        (status = 201, description = "Created (or, with a repeated Idempotency-Key, the original order)", body = Order),
+        (status = 400, description = "Malformed JSON or header", body = Problem),
+        (status = 413, description = "Body larger than 16 KiB", body = Problem),
+        (status = 415, description = "Not application/json", body = Problem),
+        (status = 422, description = "Invalid field, or an Idempotency-Key reused with another body", body = Problem),
+    )
+)]
+async fn create_order(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    // Only an object: serde would also read a struct from an array such as [5, "USD"].
+    if !body.is_object() {
+        return Err(ApiError::Invalid("the body must be a JSON object".into()));
+    }
+    let body: CreateOrder =
+        serde_json::from_value(body).map_err(|e| ApiError::Invalid(e.to_string()))?;
+    let key = idempotency_key(&headers)?;
+    let new = NewOrder {
+        amount: body.amount,
+        currency: body.currency,
+    };
+    let (order, replayed) = match store::create_order(&state.pool, &new, key.as_deref()).await? {
+        Created::New(order) => (order, false),
+        Created::Replayed(order) => (order, true),
+    };
+    tracing::info!(order_id = %order.id, replayed, "order accepted");
+    let mut response = (StatusCode::CREATED, Json(order)).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?
+        .trim();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(ApiError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+        )));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Page size, 1 to 200; default 50.
+    pub limit: Option<u32>,
+    /// The id of the last order of the previous page.
+    pub before: Option<Uuid>,
+}
+
+/// List orders, newest first.
+#[utoipa::path(get, path = "/orders", params(ListParams),
+    responses((status = 200, body = [Order]), (status = 400, body = Problem)))]
+async fn list_orders(
+    State(state): State<AppState>,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Vec<Order>>, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    Ok(Json(
+        store::list_orders(&state.pool, limit, params.before).await?,
+    ))
+}
+
+/// One order.
+#[utoipa::path(get, path = "/orders/{id}", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Order), (status = 400, body = Problem), (status = 404, body = Problem)))]
+async fn get_order(
+    State(state): State<AppState>,
+    id: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<Order>, ApiError> {
+    let Path(id) = id.map_err(|_| ApiError::BadRequest("the order id must be a UUID".into()))?;
+    store::get_order(&state.pool, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))
+}
+
+/// JSON in, with every rejection turned into our problem response.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// An RFC 9457 problem: what went wrong, readable by people and programs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    /// What exactly was wrong with this request.
+    pub detail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(e) => {
+                ApiError::Invalid(without_axum_prefix(&e.body_text()))
+            }
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::BadRequest(without_axum_prefix(&e.body_text()))
+            }
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+                "the body must be JSON, sent with Content-Type: application/json".into(),
+            ),
+            JsonRejection::BytesRejection(_) => {
+                ApiError::TooLarge(format!("the body must be at most {MAX_BODY_BYTES} bytes"))
+            }
+            other => ApiError::BadRequest(other.body_text()),
+        }
+    }
+}
+
+/// "Failed to deserialize the JSON body into the target type: amount: …" → "amount: …".
+fn without_axum_prefix(text: &str) -> String {
+    text.split_once(": ")
+        .filter(|(head, _)| head.starts_with("Failed to"))
+        .map_or(text, |(_, rest)| rest)
+        .to_owned()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, title) = match &self {
+            ApiError::BadRequest(_) => {
+                (StatusCode::BAD_REQUEST, "bad-request", "Malformed request")
+            }
+            ApiError::Invalid(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-request",
+                "Invalid request",
+            ),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            ApiError::TooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Request too large",
+            ),
+            ApiError::Store(StoreError::KeyReused) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+            ),
+            ApiError::Store(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Temporarily unavailable",
+            ),
+        };
+        let detail = match &self {
+            ApiError::Store(e @ (StoreError::Database(_) | StoreError::Corrupt { .. })) => {
+                tracing::error!(error = %e, "request failed");
+                "the order store is unavailable; retry later (with the same Idempotency-Key)".into()
+            }
+            other => other.to_string(),
+        };
+        let problem = Problem {
+            kind: format!("https://order-platform.dev/problems/{kind}"),
+            title: title.into(),
+            status: status.as_u16(),
+            detail,
+        };
+        let mut response = (status, Json(problem)).into_response();
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}

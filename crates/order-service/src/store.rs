@@ -1,0 +1,178 @@
+//! PostgreSQL access. SQL only through bound parameters.
+
+use chrono::{DateTime, Utc};
+use events::{Envelope, EventType, OrderCreated};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::{NewOrder, Order, OrderStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("this Idempotency-Key was already used with a different request")]
+    KeyReused,
+    #[error("stored order {id} is not valid: {reason}")]
+    Corrupt { id: Uuid, reason: String },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The result of [`create_order`].
+#[derive(Debug)]
+pub enum Created {
+    /// A new order, stored with its event.
+    New(Order),
+    /// The order first created with this idempotency key; nothing new was written.
+    Replayed(Order),
+}
+
+/// Stores a new `PENDING` order and its `order.created` event in one transaction.
+///
+/// With an idempotency key, a repeat of the same request returns the original order and
+/// writes nothing; the same key with a different request is [`StoreError::KeyReused`].
+pub async fn create_order(
+    pool: &PgPool,
+    new: &NewOrder,
+    idempotency_key: Option<&str>,
+) -> Result<Created, StoreError> {
+    let mut tx = pool.begin().await?;
+    let id = Uuid::now_v7();
+
+    if let Some(key) = idempotency_key {
+        // A concurrent request with the same key waits here for the first to commit.
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (key, fingerprint, order_id) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(new.fingerprint())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !claimed {
+            let (fingerprint, order_id): (String, Uuid) =
+                sqlx::query_as("SELECT fingerprint, order_id FROM idempotency_keys WHERE key = $1")
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            tx.rollback().await?;
+            if fingerprint != new.fingerprint() {
+                return Err(StoreError::KeyReused);
+            }
+            let original = get_order(pool, order_id)
+                .await?
+                .ok_or(StoreError::Corrupt {
+                    id: order_id,
+                    reason: "its idempotency key outlived it".into(),
+                })?;
+            return Ok(Created::Replayed(original));
+        }
+    }
+
+    let row: OrderRow = sqlx::query_as(
+        "INSERT INTO orders (id, amount, currency, status) VALUES ($1, $2, $3, $4)
+         RETURNING id, amount, currency, status, created_at",
+    )
+    .bind(id)
+    .bind(new.amount.value())
+    .bind(new.currency.code())
+    .bind(OrderStatus::Pending.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    let order = Order::try_from(row)?;
+
+    let event = Envelope::new(
+        EventType::OrderCreated,
+        order.id,
+        OrderCreated {
+            order_id: order.id,
+            amount: order.amount,
+            currency: order.currency,
+        },
+    );
+    insert_outbox(&mut tx, &event, &order.id.to_string()).await?;
+    tx.commit().await?;
+    Ok(Created::New(order))
+}
+
+/// Queues `event` for publication under `key`, inside the caller's transaction.
+async fn insert_outbox<P: serde::Serialize>(
+    tx: &mut sqlx::PgConnection,
+    event: &Envelope<P>,
+    key: &str,
+) -> Result<(), StoreError> {
+    let payload = serde_json::to_vec(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let headers = serde_json::json!({
+        "event-id": event.event_id.to_string(),
+        "event-type": event.event_type.name(),
+        "schema-version": event.schema_version.to_string(),
+        "correlation-id": event.correlation_id.to_string(),
+    });
+    sqlx::query(
+        "INSERT INTO outbox (topic, message_key, payload, headers) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(event.event_type.name())
+    .bind(key)
+    .bind(payload)
+    .bind(headers)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<Order>, StoreError> {
+    let row: Option<OrderRow> =
+        sqlx::query_as("SELECT id, amount, currency, status, created_at FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    row.map(Order::try_from).transpose()
+}
+
+/// Newest first; `before` continues a listing after the last order of the previous page.
+pub async fn list_orders(
+    pool: &PgPool,
+    limit: u32,
+    before: Option<Uuid>,
+) -> Result<Vec<Order>, StoreError> {
+    let rows: Vec<OrderRow> = sqlx::query_as(
+        "SELECT id, amount, currency, status, created_at FROM orders
+         WHERE ($1::uuid IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+    )
+    .bind(before)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(Order::try_from).collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    id: Uuid,
+    amount: Decimal,
+    currency: String,
+    status: String,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<OrderRow> for Order {
+    type Error = StoreError;
+
+    fn try_from(row: OrderRow) -> Result<Self, Self::Error> {
+        let corrupt = |reason: String| StoreError::Corrupt { id: row.id, reason };
+        Ok(Order {
+            id: row.id,
+            amount: events::Amount::new(row.amount).map_err(|e| corrupt(e.to_string()))?,
+            currency: row
+                .currency
+                .parse()
+                .map_err(|e: events::CurrencyError| corrupt(e.to_string()))?,
+            status: OrderStatus::parse(&row.status)
+                .ok_or_else(|| corrupt(format!("unknown status {}", row.status)))?,
+            created_at: row.created_at,
+        })
+    }
+}

@@ -1,0 +1,323 @@
+//! The order API: what `POST /orders` stores, how bad input is refused, and how an
+//! `Idempotency-Key` makes a retry safe. On a real PostgreSQL.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{within, OrderService, MINUTES_2};
+
+#[tokio::test]
+async fn an_order_is_stored_pending_with_its_order_created_event_in_the_outbox() {
+    within(MINUTES_2, async {
+        let service = OrderService::start().await;
+        let response = service.post_order(&json!({"amount": 222.22}), None).await;
+        assert_eq!(response.status(), 201);
+        let order: Value = response.json().await.expect("json");
+        assert_eq!(order["amount"], json!(222.22));
+        assert_eq!(order["currency"], "USD");
+        assert_eq!(order["status"], "PENDING");
+        assert!(order["created_at"].is_string());
+        let id = order["id"].as_str().expect("id");
+
+        let (payload, topic, key): (Vec<u8>, String, String) =
+            sqlx::query_as("SELECT payload, topic, message_key FROM outbox")
+                .fetch_one(service.db.pool())
+                .await
+                .expect("one outbox row");
+        assert_eq!((topic.as_str(), key.as_str()), ("order.created", id));
+        let event: events::Envelope<events::OrderCreated> =
+            serde_json::from_slice(&payload).expect("an order.created envelope");
+        assert_eq!(event.payload.order_id.to_string(), id);
+        assert_eq!(event.payload.amount.to_string(), "222.22");
+        assert_eq!(event.correlation_id.to_string(), id);
+
+        let fetched: Value = service
+            .get(&format!("/orders/{id}"))
+            .await
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(fetched, order);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn amounts_are_kept_exactly() {
+    within(MINUTES_2, async {
+        let service = OrderService::start().await;
+        for (sent, kept) in [
+            ("0.1", "0.10"),
+            ("999999.99", "999999.99"),
+            ("1000000", "1000000.00"),
+        ] {
+            let body = format!(r#"{{"amount": {sent}, "currency": "EUR"}}"#);
+            let response = service.post_raw(body, "application/json", None).await;
+            assert_eq!(response.status(), 201, "{sent}");
+            let text = response.text().await.expect("body");
+            assert!(
+                text.contains(&format!(r#""amount":{kept}"#)),
+                "{sent} → {text}"
+            );
+        }
+        let stored: Vec<String> =
+            sqlx::query_scalar("SELECT amount::text FROM orders ORDER BY orders.amount")
+                .fetch_all(service.db.pool())
+                .await
+                .expect("amounts");
+        assert_eq!(stored, ["0.10", "999999.99", "1000000.00"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_readable_4xx_and_leaves_nothing_behind() {
+    within(MINUTES_2, async {
+        let service = OrderService::start().await;
+        let json = "application/json";
+        let cases: Vec<(&str, String, &str, u16, &str)> = vec![
+            ("malformed JSON", r#"{"amount": 1"#.into(), json, 400, "EOF"),
+            (
+                "not JSON at all",
+                "amount=1".into(),
+                json,
+                400,
+                "expected value",
+            ),
+            (
+                "wrong content type",
+                r#"{"amount": 1}"#.into(),
+                "text/plain",
+                415,
+                "application/json",
+            ),
+            (
+                "missing amount",
+                r#"{"currency": "USD"}"#.into(),
+                json,
+                422,
+                "missing field `amount`",
+            ),
+            (
+                "extra field",
+                r#"{"amount": 1, "note": "x"}"#.into(),
+                json,
+                422,
+                "unknown field `note`",
+            ),
+            (
+                "zero",
+                r#"{"amount": 0}"#.into(),
+                json,
+                422,
+                "greater than zero",
+            ),
+            (
+                "negative",
+                r#"{"amount": -5}"#.into(),
+                json,
+                422,
+                "greater than zero",
+            ),
+            (
+                "too large",
+                r#"{"amount": 1000000.01}"#.into(),
+                json,
+                422,
+                "at most 1000000.00",
+            ),
+            (
+                "three decimals",
+                r#"{"amount": 1.005}"#.into(),
+                json,
+                422,
+                "two decimal places",
+            ),
+            (
+                "amount as text",
+                r#"{"amount": "lots"}"#.into(),
+                json,
+                422,
+                "decimal number",
+            ),
+            (
+                "amount as bool",
+                r#"{"amount": true}"#.into(),
+                json,
+                422,
+                "decimal number",
+            ),
+            (
+                "unknown currency",
+                r#"{"amount": 1, "currency": "XYZ"}"#.into(),
+                json,
+                422,
+                "unknown currency",
+            ),
+            (
+                "array body",
+                r#"[5, "USD"]"#.into(),
+                json,
+                422,
+                "must be a JSON object",
+            ),
+            (
+                "oversized body",
+                format!(r#"{{"amount": 1, "pad": "{}"}}"#, "x".repeat(20_000)),
+                json,
+                413,
+                "at most",
+            ),
+        ];
+        for (case, body, content_type, status, says) in cases {
+            let response = service.post_raw(body, content_type, None).await;
+            assert_eq!(response.status().as_u16(), status, "{case}");
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/problem+json",
+                "{case}"
+            );
+            let problem: Value = response.json().await.expect("problem json");
+            assert_eq!(problem["status"], json!(status), "{case}");
+            let detail = problem["detail"].as_str().unwrap_or_default();
+            assert!(
+                detail.contains(says),
+                "{case}: {detail:?} should say {says:?}"
+            );
+        }
+        assert_eq!(
+            service.row_counts().await,
+            (0, 0),
+            "no order row and no event"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_and_body_return_the_original_order_and_write_nothing_new() {
+    within(MINUTES_2, async {
+        let service = OrderService::start().await;
+        let body = json!({"amount": 10.50, "currency": "GBP"});
+
+        let first = service.post_order(&body, Some("retry-me")).await;
+        assert_eq!(first.status(), 201);
+        let first: Value = first.json().await.expect("json");
+
+        let again = service.post_order(&body, Some("retry-me")).await;
+        assert_eq!(again.status(), 201);
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        let again: Value = again.json().await.expect("json");
+        assert_eq!(again, first);
+
+        assert_eq!(service.row_counts().await, (1, 1), "one order, one event");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_retries_with_one_key_create_one_order() {
+    within(MINUTES_2, async {
+        let service = OrderService::start().await;
+        let body = json!({"amount": 7});
+        let attempts = (0..10).map(|_| service.post_order(&body, Some("burst")));
+        let responses = futures::future::join_all(attempts).await;
+        let mut ids = Vec::new();
+        for response in responses {
+            assert_eq!(response.status(), 201);
+            let order: Value = response.json().await.expect("json");
+            ids.push(order["id"].as_str().expect("id").to_owned());
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "every attempt returns the same order");
+        assert_eq!(service.row_counts().await, (1, 1));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_with_a_different_body_is_refused() {
+    within(MINUTES_2, async {
+        let service = OrderService::start().await;
+        let first = service.post_order(&json!({"amount": 5}), Some("k1")).await;
+        assert_eq!(first.status(), 201);
+
+        let other = service.post_order(&json!({"amount": 6}), Some("k1")).await;
+        assert_eq!(other.status(), 422);
+        let problem: Value = other.json().await.expect("json");
+        assert!(problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("different request"));
+        assert_eq!(service.row_counts().await, (1, 1));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn orders_are_listed_newest_first_in_pages_and_unknown_ids_are_404() {
+    within(MINUTES_2, async {
+        let service = OrderService::start().await;
+        let mut created = Vec::new();
+        for amount in 1..=5 {
+            let order: Value = service
+                .post_order(&json!({"amount": amount}), None)
+                .await
+                .json()
+                .await
+                .expect("json");
+            created.push(order["id"].as_str().expect("id").to_owned());
+        }
+        created.reverse(); // newest first
+
+        let page: Vec<Value> = service
+            .get("/orders?limit=3")
+            .await
+            .json()
+            .await
+            .expect("json");
+        let ids: Vec<&str> = page
+            .iter()
+            .map(|o| o["id"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(ids, created[..3]);
+        let next: Vec<Value> = service
+            .get(&format!("/orders?limit=3&before={}", ids[2]))
+            .await
+            .json()
+            .await
+            .expect("json");
+        let next: Vec<&str> = next
+            .iter()
+            .map(|o| o["id"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(next, created[3..]);
+
+        assert_eq!(service.get("/orders?limit=0").await.status(), 400);
+        assert_eq!(service.get("/orders?limit=201").await.status(), 400);
+        let missing = service
+            .get(&format!("/orders/{}", uuid::Uuid::now_v7()))
+            .await;
+        assert_eq!(missing.status(), 404);
+        assert_eq!(service.get("/orders/not-a-uuid").await.status(), 400);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_openapi_spec_and_swagger_ui_are_served() {
+    within(MINUTES_2, async {
+        let service = OrderService::start().await;
+        let spec: Value = service
+            .get("/api-docs/openapi.json")
+            .await
+            .json()
+            .await
+            .expect("json");
+        assert!(spec["paths"]["/orders"]["post"].is_object());
+        assert!(spec["paths"]["/orders/{id}"]["get"].is_object());
+        let ui = service.get("/swagger-ui/").await;
+        assert_eq!(ui.status(), 200);
+        assert!(ui.text().await.expect("html").contains("swagger"));
+    })
+    .await;
+}
