@@ -8,4 +8,5 @@ mod kafka_cluster;
 mod kafka_roundtrip;
 mod no_engine;
 mod orders_api;
+mod outbox_relay;
 mod postgres_isolation;
