@@ -89,10 +89,7 @@ async fn broker_kill(records: usize, partitions: i32) -> anyhow::Result<()> {
     let read = kafka
         .read_topic(&topic, acknowledged.len(), Duration::from_secs(120))
         .await?;
-    let read: Vec<String> = read
-        .iter()
-        .map(|r| String::from_utf8_lossy(r.payload.as_deref().unwrap_or_default()).into_owned())
-        .collect();
+    let read: Vec<String> = read.iter().map(Record::payload_text).collect();
     let distinct: HashSet<&String> = read.iter().collect();
     let missing = acknowledged
         .iter()

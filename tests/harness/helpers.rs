@@ -16,6 +16,16 @@ pub const SECONDS_30: Duration = Duration::from_secs(30);
 pub const MINUTES_2: Duration = Duration::from_secs(120);
 pub const MINUTES_5: Duration = Duration::from_secs(300);
 
+/// A database of the test's own on this binary's PostgreSQL server.
+pub async fn fresh_database() -> testkit::TestDatabase {
+    testkit::postgres::server()
+        .await
+        .expect("postgres")
+        .fresh_database()
+        .await
+        .expect("database")
+}
+
 /// An order-service running in-process on a free port, on a database of its own.
 pub struct OrderService {
     pub base_url: String,
@@ -27,12 +37,7 @@ pub struct OrderService {
 
 impl OrderService {
     pub async fn start() -> Self {
-        let db = testkit::postgres::server()
-            .await
-            .expect("postgres")
-            .fresh_database()
-            .await
-            .expect("database");
+        let db = fresh_database().await;
         let config = order_service::Config::for_database(&db.url);
         let app = order_service::Application::build(config)
             .await

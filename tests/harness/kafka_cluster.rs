@@ -33,10 +33,7 @@ async fn write(kafka: &Kafka, topic: &str, label: &str, count: usize) -> Vec<Str
 }
 
 fn values(records: &[Record]) -> Vec<String> {
-    let mut values: Vec<String> = records
-        .iter()
-        .map(|r| String::from_utf8_lossy(r.payload.as_deref().unwrap_or_default()).into_owned())
-        .collect();
+    let mut values: Vec<String> = records.iter().map(Record::payload_text).collect();
     values.sort();
     values
 }
@@ -52,20 +49,27 @@ async fn leader_of_partition_zero(kafka: &Kafka, topic: &str) -> i32 {
     topic.partitions()[0].leader()
 }
 
+/// A fresh cluster and a topic whose partitions all have three in-sync replicas.
+async fn cluster_with_replicated_topic(prefix: &str) -> (KafkaCluster, String) {
+    let cluster = KafkaCluster::start().await.expect("cluster");
+    let topic = unique_name(prefix);
+    cluster
+        .client()
+        .create_topic(&topic, PARTITIONS, 3)
+        .await
+        .expect("create topic");
+    cluster
+        .wait_for_full_isr(&topic, MINUTES_2)
+        .await
+        .expect("replicas in sync");
+    (cluster, topic)
+}
+
 #[tokio::test]
 async fn writes_and_reads_go_on_when_a_broker_is_killed_and_it_rejoins_after_restart() {
     within(MINUTES_5, async {
-        let cluster = KafkaCluster::start().await.expect("cluster");
+        let (cluster, topic) = cluster_with_replicated_topic("replicated").await;
         let kafka = cluster.client();
-        let topic = unique_name("replicated");
-        kafka
-            .create_topic(&topic, PARTITIONS, 3)
-            .await
-            .expect("create topic");
-        cluster
-            .wait_for_full_isr(&topic, MINUTES_2)
-            .await
-            .expect("replicas in sync");
         let mut expected = write(kafka, &topic, "before", 50).await;
 
         // Kill the leader of a partition, so a leader election must happen.
@@ -101,17 +105,8 @@ async fn writes_and_reads_go_on_when_a_broker_is_killed_and_it_rejoins_after_res
 #[tokio::test]
 async fn writes_go_on_while_a_broker_is_paused_and_after_one_is_stopped_and_started() {
     within(Duration::from_secs(600), async {
-        let cluster = KafkaCluster::start().await.expect("cluster");
+        let (cluster, topic) = cluster_with_replicated_topic("paused").await;
         let kafka = cluster.client();
-        let topic = unique_name("paused");
-        kafka
-            .create_topic(&topic, PARTITIONS, 3)
-            .await
-            .expect("create topic");
-        cluster
-            .wait_for_full_isr(&topic, MINUTES_2)
-            .await
-            .expect("replicas in sync");
 
         // A paused broker is fenced once it misses heartbeats (6 s here; longer if it was
         // the active controller, which must be re-elected first); acks=all writes then go

@@ -60,11 +60,7 @@ async fn records_with_the_same_key_are_read_in_the_order_they_were_written() {
             let values: Vec<i32> = read
                 .iter()
                 .filter(|r| r.key.as_deref() == Some(key.as_bytes()))
-                .map(|r| {
-                    String::from_utf8_lossy(r.payload.as_deref().unwrap_or_default())
-                        .parse()
-                        .unwrap()
-                })
+                .map(|r| r.payload_text().parse().unwrap())
                 .collect();
             assert_eq!(values.len(), 10, "all records of {key} arrive");
             assert!(

@@ -5,20 +5,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use outbox::{Relay, RelayConfig};
-use testkit::{kafka, postgres, unique_name, TestDatabase};
+use testkit::{kafka, unique_name, TestDatabase};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{within, MINUTES_2, SECONDS_30};
+use crate::helpers::{fresh_database, within, MINUTES_2, SECONDS_30};
 
 /// A database with the order-service schema (which has the outbox table), and `count`
 /// pending events for `topic` spread over `keys` keys, with sequence numbers as payload.
 async fn outbox_with_events(topic: &str, count: usize, keys: usize) -> TestDatabase {
-    let db = postgres::server()
-        .await
-        .expect("postgres")
-        .fresh_database()
-        .await
-        .expect("db");
+    let db = fresh_database().await;
     order_service::MIGRATOR
         .run(db.pool())
         .await
@@ -86,11 +81,7 @@ async fn every_pending_event_is_published_with_its_key_and_headers_then_marked_s
             .expect("read");
         let mut seen: Vec<usize> = records
             .iter()
-            .map(|r| {
-                String::from_utf8_lossy(r.payload.as_deref().unwrap_or_default())
-                    .parse()
-                    .unwrap()
-            })
+            .map(|r| r.payload_text().parse().unwrap())
             .collect();
         seen.sort();
         assert_eq!(seen, (0..20).collect::<Vec<_>>());
@@ -132,9 +123,7 @@ async fn two_relays_at_once_publish_each_event_once_and_in_order_per_key() {
         assert_eq!(records.len(), 400);
         let mut per_key: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
         for record in &records {
-            let n: usize = String::from_utf8_lossy(record.payload.as_deref().unwrap_or_default())
-                .parse()
-                .unwrap();
+            let n: usize = record.payload_text().parse().unwrap();
             per_key
                 .entry(record.key.clone().unwrap_or_default())
                 .or_default()

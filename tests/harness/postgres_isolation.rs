@@ -2,17 +2,12 @@
 
 use testkit::postgres;
 
-use crate::helpers::{within, MINUTES_2};
+use crate::helpers::{fresh_database, within, MINUTES_2};
 
 #[tokio::test]
 async fn sql_runs_against_a_fresh_database() {
     within(MINUTES_2, async {
-        let db = postgres::server()
-            .await
-            .expect("postgres")
-            .fresh_database()
-            .await
-            .expect("db");
+        let db = fresh_database().await;
         sqlx::query("CREATE TABLE notes (id BIGINT PRIMARY KEY, amount NUMERIC(12, 2) NOT NULL)")
             .execute(db.pool())
             .await

@@ -228,6 +228,11 @@ impl Record {
         self
     }
 
+    /// The payload as text (lossy for bytes that are not UTF-8; empty if none).
+    pub fn payload_text(&self) -> String {
+        String::from_utf8_lossy(self.payload.as_deref().unwrap_or_default()).into_owned()
+    }
+
     /// The first header called `name`.
     pub fn header_value(&self, name: &str) -> Option<&[u8]> {
         self.headers
