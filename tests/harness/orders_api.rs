@@ -178,6 +178,11 @@ async fn bad_input_gets_a_readable_4xx_and_leaves_nothing_behind() {
             );
             let problem: Value = response.json().await.expect("problem json");
             assert_eq!(problem["status"], json!(status), "{case}");
+            let kind = problem["type"].as_str().unwrap_or_default();
+            assert!(
+                kind.starts_with("urn:order-platform:problem:"),
+                "{case}: {kind}"
+            );
             let detail = problem["detail"].as_str().unwrap_or_default();
             assert!(
                 detail.contains(says),

@@ -173,7 +173,7 @@ pub struct ApiJson<T>(pub T);
 /// An RFC 9457 problem: what went wrong, readable by people and programs.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
-    /// A URI naming the kind of problem.
+    /// A URI naming the kind of problem, such as `urn:order-platform:problem:invalid-request`.
     #[serde(rename = "type")]
     pub kind: String,
     pub title: String,
@@ -267,7 +267,7 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let problem = Problem {
-            kind: format!("https://order-platform.dev/problems/{kind}"),
+            kind: format!("urn:order-platform:problem:{kind}"),
             title: title.into(),
             status: status.as_u16(),
             detail,
