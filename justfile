@@ -12,6 +12,21 @@ compose := 'if docker compose version >/dev/null 2>&1; then docker compose -p or
 default:
     @just --list --unsorted
 
+# The demo: infrastructure up, both services started, an order created with curl and shown PAID
+[group('demo')]
+demo: up run
+    scripts/demo.sh
+
+# Start order-service (:8080) and payment-service (:8081) as processes against `just up`
+[group('demo')]
+run:
+    scripts/run-services.sh
+
+# Stop the services `just run` started
+[group('demo')]
+stop:
+    scripts/run-services.sh stop
+
 # Make sure a container engine answers (starts Podman's Docker API service if needed)
 [group('infrastructure')]
 engine:

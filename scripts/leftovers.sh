@@ -9,7 +9,7 @@ cli=docker
 command -v podman >/dev/null 2>&1 && [[ "${DOCKER_HOST:-}" == *podman* ]] && cli=podman
 
 # Containers being removed by the exiting test process may take a moment to go.
-for _ in 1 2 3 4 5 6 7 8 9 10; do
+for _ in $(seq 1 60); do
   left=$($cli ps -aq --filter "label=$label")
   [[ -z "$left" ]] && break
   sleep 1
@@ -23,7 +23,7 @@ if [[ -z "$left" ]]; then
 fi
 
 echo "leftovers: these test containers were left behind:" >&2
-$cli ps -a --filter "label=$label" >&2
+$cli ps -a --filter "label=$label" --format '{{.ID}} {{.Names}} {{.Status}}' >&2
 $cli rm -f $left >/dev/null
 [[ -n "$networks" ]] && $cli network rm $networks >/dev/null 2>&1 || true
 [[ "${1:-}" == "--remove" ]] && { echo "leftovers: removed"; exit 0; }

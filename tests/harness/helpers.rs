@@ -26,39 +26,135 @@ pub async fn fresh_database() -> testkit::TestDatabase {
         .expect("database")
 }
 
-/// An order-service running in-process on a free port, on a database of its own.
-pub struct OrderService {
+/// A service running in-process on a free port, on a database of its own.
+pub struct RunningService {
     pub base_url: String,
     pub db: testkit::TestDatabase,
     pub http: reqwest::Client,
-    /// Stops the service when dropped.
-    _stop: tokio::sync::oneshot::Sender<()>,
+    /// Sends the shutdown signal; dropping it stops the service too.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-impl OrderService {
-    pub async fn start() -> Self {
-        let db = fresh_database().await;
-        let config = order_service::Config::for_database(&db.url);
-        let app = order_service::Application::build(config)
-            .await
-            .expect("build order-service");
-        let base_url = format!("http://127.0.0.1:{}", app.port());
+impl RunningService {
+    fn new(
+        port: u16,
+        db: testkit::TestDatabase,
+        run: impl FnOnce(
+            tokio::sync::oneshot::Receiver<()>,
+        ) -> tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(app.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
+        let task = run(stopped);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .expect("http client");
         Self {
-            base_url,
+            base_url: format!("http://127.0.0.1:{port}"),
             db,
             http,
-            _stop: stop,
+            stop: Some(stop),
+            task: Some(task),
         }
     }
 
+    /// Sends the shutdown signal and waits until the service has stopped.
+    pub async fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("service task")
+                .expect("service stopped cleanly");
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base_url))
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    /// Stops the service and hands back its database, to start another on the same data.
+    pub async fn into_database(mut self) -> testkit::TestDatabase {
+        self.shut_down().await;
+        self.db
+    }
+
+    /// `SELECT count(*)` of a table of this service's database.
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(self.db.pool())
+            .await
+            .expect("count")
+    }
+}
+
+/// A unique topic prefix, so tests sharing one broker never share a topic.
+pub fn topic_prefix() -> String {
+    format!("{}.", testkit::unique_name("t"))
+}
+
+/// order-service on `bootstrap`, with topics named `prefix` + standard name.
+pub async fn order_service(bootstrap: &str, prefix: &str) -> RunningService {
+    let db = fresh_database().await;
+    let mut config = order_service::Config::for_test(&db.url, bootstrap, prefix);
+    config.kafka.batch_size = 200;
+    let app = order_service::Application::build(config)
+        .await
+        .expect("build order-service");
+    let port = app.port();
+    RunningService::new(port, db, |stopped| {
+        tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }))
+    })
+}
+
+/// payment-service on `bootstrap`, with topics named `prefix` + standard name.
+pub async fn payment_service(bootstrap: &str, prefix: &str) -> RunningService {
+    payment_service_on(fresh_database().await, bootstrap, prefix).await
+}
+
+/// payment-service on a given database (to restart it on the same data).
+pub async fn payment_service_on(
+    db: testkit::TestDatabase,
+    bootstrap: &str,
+    prefix: &str,
+) -> RunningService {
+    let config = payment_service::Config::for_test(&db.url, bootstrap, prefix);
+    running_payment_service(db, config).await
+}
+
+/// payment-service with a configuration of the test's own.
+pub async fn running_payment_service(
+    db: testkit::TestDatabase,
+    mut config: payment_service::Config,
+) -> RunningService {
+    config.kafka.batch_size = 200;
+    let app = payment_service::Application::build(config)
+        .await
+        .expect("build payment-service");
+    let port = app.port();
+    RunningService::new(port, db, |stopped| {
+        tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }))
+    })
+}
+
+/// An order-service with nothing on the Kafka side that a test could observe: its own
+/// topic prefix on this binary's broker. For API tests.
+pub async fn order_api() -> RunningService {
+    let kafka = testkit::kafka::broker().await.expect("kafka");
+    order_service(kafka.bootstrap(), &topic_prefix()).await
+}
+
+impl RunningService {
     /// POST /orders with a raw body and content type, and an optional idempotency key.
     pub async fn post_raw(
         &self,
@@ -87,24 +183,21 @@ impl OrderService {
             .await
     }
 
-    pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{}{path}", self.base_url))
-            .send()
-            .await
-            .expect("GET")
-    }
-
     /// Rows in `orders` and in `outbox`: what a request left behind.
     pub async fn row_counts(&self) -> (i64, i64) {
-        let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-            .fetch_one(self.db.pool())
-            .await
-            .expect("count orders");
-        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(self.db.pool())
-            .await
-            .expect("count outbox");
-        (orders, events)
+        (self.count("orders").await, self.count("outbox").await)
+    }
+}
+
+/// Polls `check` every 200 ms until it holds, or panics after `limit` saying `what`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

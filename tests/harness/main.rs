@@ -7,6 +7,7 @@ mod helpers;
 mod kafka_cluster;
 mod kafka_roundtrip;
 mod no_engine;
+mod order_flow;
 mod orders_api;
 mod outbox_relay;
 mod postgres_isolation;

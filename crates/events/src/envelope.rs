@@ -14,7 +14,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    /// The name in the envelope's `event_type`, also the topic the event is published to.
+    /// The name in the envelope's `event_type` (and the standard topic name).
     pub fn name(self) -> &'static str {
         match self {
             EventType::OrderCreated => crate::topics::ORDER_CREATED,
@@ -65,5 +65,64 @@ impl<P> Envelope<P> {
             correlation_id,
             payload,
         }
+    }
+}
+
+/// Why a message is not an event this code can process: it is poison, retrying will not
+/// help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the message has no payload")]
+    Empty,
+    #[error("not a valid {expected} event: {reason}")]
+    Invalid {
+        expected: &'static str,
+        reason: String,
+    },
+    #[error("expected a {expected} event, got {got}")]
+    WrongType {
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error(
+        "{event_type} schema version {version} is not supported (this code reads {supported})"
+    )]
+    UnsupportedVersion {
+        event_type: &'static str,
+        version: u32,
+        supported: u32,
+    },
+}
+
+impl<P: serde::de::DeserializeOwned> Envelope<P> {
+    /// Reads an event of type `expected` from a message's bytes, refusing anything else.
+    pub fn decode(bytes: Option<&[u8]>, expected: EventType) -> Result<Self, DecodeError> {
+        let bytes = bytes.filter(|b| !b.is_empty()).ok_or(DecodeError::Empty)?;
+        // The type and version first, so a newer version is reported as such rather than
+        // as a payload that does not parse.
+        #[derive(Deserialize)]
+        struct Head {
+            event_type: EventType,
+            schema_version: u32,
+        }
+        let invalid = |e: serde_json::Error| DecodeError::Invalid {
+            expected: expected.name(),
+            reason: e.to_string(),
+        };
+        let head: Head = serde_json::from_slice(bytes).map_err(invalid)?;
+        if head.event_type != expected {
+            return Err(DecodeError::WrongType {
+                expected: expected.name(),
+                got: head.event_type.name(),
+            });
+        }
+        if head.schema_version != expected.schema_version() {
+            return Err(DecodeError::UnsupportedVersion {
+                event_type: expected.name(),
+                version: head.schema_version,
+                supported: expected.schema_version(),
+            });
+        }
+        serde_json::from_slice(bytes).map_err(invalid)
     }
 }

@@ -8,6 +8,7 @@ pub mod money;
 pub mod payloads;
 pub mod topics;
 
-pub use envelope::{Envelope, EventType};
+pub use envelope::{DecodeError, Envelope, EventType};
 pub use money::{Amount, AmountError, Currency, CurrencyError};
 pub use payloads::{OrderCreated, PaymentCompleted};
+pub use topics::Topics;

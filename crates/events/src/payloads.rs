@@ -49,6 +49,52 @@ mod tests {
     }
 
     #[test]
+    fn decoding_refuses_other_types_unknown_versions_and_garbage() {
+        let order_id = Uuid::now_v7();
+        let event = Envelope::new(
+            EventType::OrderCreated,
+            order_id,
+            OrderCreated {
+                order_id,
+                amount: "1.00".parse().unwrap(),
+                currency: Currency::USD,
+            },
+        );
+        let bytes = serde_json::to_vec(&event).unwrap();
+        let decoded = Envelope::<OrderCreated>::decode(Some(&bytes), EventType::OrderCreated);
+        assert_eq!(decoded.unwrap(), event);
+
+        let wrong = Envelope::<PaymentCompleted>::decode(Some(&bytes), EventType::PaymentCompleted);
+        assert!(
+            matches!(wrong, Err(crate::DecodeError::WrongType { .. })),
+            "{wrong:?}"
+        );
+
+        let newer = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replace(r#""schema_version":1"#, r#""schema_version":2"#);
+        let newer =
+            Envelope::<OrderCreated>::decode(Some(newer.as_bytes()), EventType::OrderCreated);
+        assert!(
+            matches!(
+                newer,
+                Err(crate::DecodeError::UnsupportedVersion { version: 2, .. })
+            ),
+            "{newer:?}"
+        );
+
+        for garbage in [&b""[..], b"\xff\x00", b"{}", b"[1]", b"null"] {
+            assert!(
+                Envelope::<OrderCreated>::decode(Some(garbage), EventType::OrderCreated).is_err()
+            );
+        }
+        assert_eq!(
+            Envelope::<OrderCreated>::decode(None, EventType::OrderCreated),
+            Err(crate::DecodeError::Empty)
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let json = r#"{"order_id":"0193a3c5-7e4a-7cc2-9a51-3c1f0b6f2d10","amount":1,"currency":"USD","extra":1}"#;
         assert!(serde_json::from_str::<OrderCreated>(json).is_err());

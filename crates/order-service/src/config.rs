@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use consumer::KafkaSettings;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -20,10 +21,16 @@ pub struct Config {
     #[arg(
         long,
         env = "ORDER_DATABASE_URL",
-        default_value = "postgres://orders:orders@127.0.0.1:5432/orders",
-        hide_default_value = false
+        default_value = "postgres://orders:orders@127.0.0.1:5432/orders"
     )]
     pub database_url: String,
+
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
+
+    /// Consumer group of the payment.completed consumer.
+    #[arg(long, env = "ORDER_CONSUMER_GROUP", default_value = "order-service")]
+    pub consumer_group: String,
 
     /// Largest database pool.
     #[arg(long, env = "ORDER_DB_POOL", default_value_t = 10)]
@@ -47,10 +54,16 @@ impl Config {
         Duration::from_secs(self.shutdown_timeout_secs)
     }
 
-    /// The defaults, pointed at another database; for tests.
-    pub fn for_database(database_url: &str) -> Self {
+    pub fn topics(&self) -> events::Topics {
+        events::Topics::with_prefix(&self.kafka.topic_prefix)
+    }
+
+    /// The defaults, on port 0, with another database, broker and topic prefix; for tests.
+    pub fn for_test(database_url: &str, kafka_bootstrap: &str, topic_prefix: &str) -> Self {
         let mut config = Self::parse_from(["order-service"]);
         config.database_url = database_url.to_owned();
+        config.kafka.kafka_bootstrap = kafka_bootstrap.to_owned();
+        config.kafka.topic_prefix = topic_prefix.to_owned();
         config.listen = ([127, 0, 0, 1], 0).into();
         config
     }

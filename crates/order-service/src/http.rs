@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use events::{Amount, Currency};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use service_kit::Problem;
 use sqlx::PgPool;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
@@ -28,6 +29,7 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    pub topics: events::Topics,
 }
 
 #[derive(OpenApi)]
@@ -93,10 +95,11 @@ async fn create_order(
         amount: body.amount,
         currency: body.currency,
     };
-    let (order, replayed) = match store::create_order(&state.pool, &new, key.as_deref()).await? {
-        Created::New(order) => (order, false),
-        Created::Replayed(order) => (order, true),
-    };
+    let (order, replayed) =
+        match store::create_order(&state.pool, &state.topics, &new, key.as_deref()).await? {
+            Created::New(order) => (order, false),
+            Created::Replayed(order) => (order, true),
+        };
     tracing::info!(order_id = %order.id, replayed, "order accepted");
     let mut response = (StatusCode::CREATED, Json(order)).into_response();
     if replayed {
@@ -169,18 +172,6 @@ async fn get_order(
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
-
-/// An RFC 9457 problem: what went wrong, readable by people and programs.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Problem {
-    /// A URI naming the kind of problem, such as `urn:order-platform:problem:invalid-request`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub status: u16,
-    /// What exactly was wrong with this request.
-    pub detail: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -266,17 +257,6 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let problem = Problem {
-            kind: format!("urn:order-platform:problem:{kind}"),
-            title: title.into(),
-            status: status.as_u16(),
-            detail,
-        };
-        let mut response = (status, Json(problem)).into_response();
-        response.headers_mut().insert(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        response
+        Problem::new(status, kind, title, detail).into_response()
     }
 }

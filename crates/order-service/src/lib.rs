@@ -10,12 +10,13 @@
 //! - [`http`]: the HTTP API, its errors (RFC 9457 problem details) and its OpenAPI spec.
 //! - [`app`]: wires them together; `Application::build` then `run_until_stopped`.
 //!
-//! Still to come (issue 3): the outbox relay to Kafka and the `payment.completed` consumer.
+//! - [`payments_in`]: consumes `payment.completed` and marks orders `PAID`, once per event.
 
 pub mod app;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod payments_in;
 pub mod store;
 
 pub use app::Application;

@@ -1,7 +1,8 @@
 //! PostgreSQL access. SQL only through bound parameters.
 
 use chrono::{DateTime, Utc};
-use events::{Envelope, EventType, OrderCreated};
+use events::{Envelope, EventType, OrderCreated, Topics};
+use outbox::OutboxRow;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -33,6 +34,7 @@ pub enum Created {
 /// writes nothing; the same key with a different request is [`StoreError::KeyReused`].
 pub async fn create_order(
     pool: &PgPool,
+    topics: &Topics,
     new: &NewOrder,
     idempotency_key: Option<&str>,
 ) -> Result<Created, StoreError> {
@@ -93,34 +95,15 @@ pub async fn create_order(
             currency: order.currency,
         },
     );
-    insert_outbox(&mut tx, &event, &order.id.to_string()).await?;
+    let row = OutboxRow::event(
+        topics.for_event(event.event_type),
+        &order.id.to_string(),
+        &event,
+    )
+    .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    outbox::enqueue(&mut tx, &[row]).await?;
     tx.commit().await?;
     Ok(Created::New(order))
-}
-
-/// Queues `event` for publication under `key`, inside the caller's transaction.
-async fn insert_outbox<P: serde::Serialize>(
-    tx: &mut sqlx::PgConnection,
-    event: &Envelope<P>,
-    key: &str,
-) -> Result<(), StoreError> {
-    let payload = serde_json::to_vec(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let headers = serde_json::json!({
-        "event-id": event.event_id.to_string(),
-        "event-type": event.event_type.name(),
-        "schema-version": event.schema_version.to_string(),
-        "correlation-id": event.correlation_id.to_string(),
-    });
-    sqlx::query(
-        "INSERT INTO outbox (topic, message_key, payload, headers) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(event.event_type.name())
-    .bind(key)
-    .bind(payload)
-    .bind(headers)
-    .execute(tx)
-    .await?;
-    Ok(())
 }
 
 pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<Order>, StoreError> {

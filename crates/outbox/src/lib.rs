@@ -26,6 +26,64 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+/// One event to publish, as stored in the outbox table.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub topic: String,
+    pub key: String,
+    /// The exact bytes to publish.
+    pub payload: Vec<u8>,
+    /// Header name → text value.
+    pub headers: serde_json::Value,
+}
+
+impl OutboxRow {
+    /// An event in its envelope, with the standard headers (`event-id`, `event-type`,
+    /// `schema-version`, `correlation-id`) so tools can route without parsing.
+    pub fn event<P: serde::Serialize>(
+        topic: &str,
+        key: &str,
+        event: &events::Envelope<P>,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            topic: topic.to_owned(),
+            key: key.to_owned(),
+            payload: serde_json::to_vec(event)?,
+            headers: serde_json::json!({
+                "event-id": event.event_id.to_string(),
+                "event-type": event.event_type.name(),
+                "schema-version": event.schema_version.to_string(),
+                "correlation-id": event.correlation_id.to_string(),
+            }),
+        })
+    }
+}
+
+/// Queues `rows` for publication inside the caller's transaction, in one statement.
+pub async fn enqueue(tx: &mut sqlx::PgConnection, rows: &[OutboxRow]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+    let payloads: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
+    let headers: Vec<&serde_json::Value> = rows.iter().map(|r| &r.headers).collect();
+    // WITH ORDINALITY keeps the rows' order, so ids (publication order) follow it.
+    sqlx::query(
+        "INSERT INTO outbox (topic, message_key, payload, headers)
+         SELECT t, k, p, h FROM unnest($1::text[], $2::text[], $3::bytea[], $4::jsonb[])
+             WITH ORDINALITY AS r(t, k, p, h, n)
+         ORDER BY n",
+    )
+    .bind(topics)
+    .bind(keys)
+    .bind(payloads)
+    .bind(headers)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 /// Key of the advisory lock that makes relays take turns.
 const RELAY_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
 

@@ -4,6 +4,7 @@
 //! In external mode (`OP_DATABASE_URL` and `OP_KAFKA_BOOTSTRAP` set) [`broker`] starts
 //! nothing and uses `OP_KAFKA_BOOTSTRAP`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -16,27 +17,38 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::metadata::Metadata;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-use testcontainers::core::{ContainerPort, WaitFor};
+use testcontainers::core::ContainerPort;
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
 use tokio::sync::OnceCell;
 
 use crate::engine::{self, bind_loopback, labelled};
 use crate::images::{kafka_image, KAFKA_LAUNCH_SCRIPT};
-use crate::runtime::on_testkit;
+use crate::runtime::{on_testkit, spawn_detached};
 use crate::{names, Error, Result};
 
 /// The port every node listens on for clients, inside its container.
 pub(crate) const CLIENT_PORT: u16 = 9092;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long one broker may take to answer after its container started.
+const BROKER_READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Bound on one admin, metadata or produce call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A single-broker Kafka (KRaft, broker and controller in one process).
 pub struct KafkaBroker {
     kafka: Kafka,
-    /// Kept so the container lives as long as the process; `None` in external mode.
-    _container: Option<ContainerAsync<GenericImage>>,
+    /// The broker's container; `None` in external mode.
+    _container: Option<Arc<ContainerAsync<GenericImage>>>,
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        // Removed on the test kit's runtime, whatever runtime the owner was on.
+        if let Some(container) = self._container.take() {
+            spawn_detached(async move { drop(container) });
+        }
+    }
 }
 
 impl KafkaBroker {
@@ -48,6 +60,31 @@ impl KafkaBroker {
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap(&self) -> &str {
         self.kafka.bootstrap()
+    }
+
+    /// A broker of the caller's own, removed when dropped: for tests that stop it.
+    /// Needs a container engine, also in external mode.
+    pub async fn dedicated() -> Result<Self> {
+        on_testkit(start_single_broker()).await
+    }
+
+    /// Stops the broker (SIGTERM, then SIGKILL after 30 s); its data and address stay.
+    pub async fn stop(&self) -> Result<()> {
+        let container = self.container()?;
+        on_testkit(async move { Ok(container.stop_with_timeout(Some(30)).await?) }).await
+    }
+
+    /// Starts a stopped broker again and waits until it serves metadata.
+    pub async fn start(&self) -> Result<()> {
+        let container = self.container()?;
+        on_testkit(async move { Ok::<(), Error>(container.start().await?) }).await?;
+        self.kafka.wait_for_brokers(1, STARTUP_TIMEOUT).await
+    }
+
+    fn container(&self) -> Result<Arc<ContainerAsync<GenericImage>>> {
+        self._container.clone().ok_or_else(|| {
+            Error::Unsupported("an external broker cannot be stopped by the test kit".into())
+        })
     }
 }
 
@@ -75,6 +112,18 @@ pub async fn broker() -> Result<&'static KafkaBroker> {
 
 async fn start_single_broker() -> Result<KafkaBroker> {
     engine::docker().await?;
+    // A second try with a new port: on a loaded machine a port found free can be taken
+    // again before the container binds it.
+    match start_single_broker_once().await {
+        Ok(broker) => Ok(broker),
+        Err(first) => {
+            tracing::warn!(error = %first, "Kafka did not start; trying once more");
+            start_single_broker_once().await
+        }
+    }
+}
+
+async fn start_single_broker_once() -> Result<KafkaBroker> {
     let port = engine::free_port()?;
     let node = Node {
         node_id: 1,
@@ -86,20 +135,26 @@ async fn start_single_broker() -> Result<KafkaBroker> {
         cluster_id: new_cluster_id(),
     };
     let image = kafka_image();
-    let request = node
+    // Readiness is judged by the broker answering metadata requests, not by its log:
+    // following container logs through Podman's API can end early.
+    let container = node
         .request(None)
-        .with_ready_conditions(vec![WaitFor::message_on_stdout("Kafka Server started")]);
-    let container = request.start().await.map_err(|source| Error::Start {
-        what: "Kafka".into(),
-        image: image.to_string(),
-        source,
-    })?;
-    let kafka = Kafka::at(format!("127.0.0.1:{port}"));
-    kafka.wait_for_brokers(1, STARTUP_TIMEOUT).await?;
-    Ok(KafkaBroker {
-        kafka,
-        _container: Some(container),
-    })
+        .start()
+        .await
+        .map_err(|source| Error::Start {
+            what: "Kafka".into(),
+            image: image.to_string(),
+            source,
+        })?;
+    let broker = KafkaBroker {
+        kafka: Kafka::at(format!("127.0.0.1:{port}")),
+        _container: Some(Arc::new(container)),
+    };
+    broker
+        .kafka
+        .wait_for_brokers(1, BROKER_READY_TIMEOUT)
+        .await?;
+    Ok(broker) // on an error above, dropping `broker` removes the container
 }
 
 /// A random KRaft cluster id: 16 bytes, URL-safe base64 without padding.
@@ -357,8 +412,9 @@ impl Kafka {
             }
         })
         .await;
-        // Closing a consumer can block when a broker is gone; do it off the async threads.
-        tokio::task::spawn_blocking(move || drop(consumer));
+        // Closing a consumer can block without a limit when a broker is gone: do it on a
+        // thread of its own (not spawn_blocking, which a runtime waits for at shutdown).
+        std::thread::spawn(move || drop(consumer));
         match read {
             Ok(()) => Ok(records),
             Err(_) => Err(Error::Timeout {
@@ -370,6 +426,57 @@ impl Kafka {
                 after: timeout,
             }),
         }
+    }
+
+    /// The sum over `topic`'s partitions of the offsets `group` has committed (a partition
+    /// with no commit counts 0): how many records the group has finished with, when every
+    /// record is processed once.
+    pub async fn committed_total(&self, group: &str, topic: &str) -> Result<i64> {
+        let consumer: BaseConsumer = self
+            .config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let metadata = consumer.fetch_metadata(Some(&topic), CALL_TIMEOUT)?;
+            let mut list = rdkafka::TopicPartitionList::new();
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    list.add_partition(&topic, p.id());
+                }
+            }
+            let committed = consumer.committed_offsets(list, CALL_TIMEOUT)?;
+            Ok(committed
+                .elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    rdkafka::Offset::Offset(n) => n,
+                    _ => 0,
+                })
+                .sum())
+        })
+        .await
+        .map_err(|e| Error::Unsupported(format!("offsets task failed: {e}")))?
+    }
+
+    /// Records in `topic` (sum of high watermarks; topics here are never compacted).
+    pub async fn record_count(&self, topic: &str) -> Result<i64> {
+        let consumer: BaseConsumer = self.config().create()?;
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let metadata = consumer.fetch_metadata(Some(&topic), CALL_TIMEOUT)?;
+            let mut total = 0;
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    let (low, high) = consumer.fetch_watermarks(&topic, p.id(), CALL_TIMEOUT)?;
+                    total += high - low;
+                }
+            }
+            Ok(total)
+        })
+        .await
+        .map_err(|e| Error::Unsupported(format!("watermarks task failed: {e}")))?
     }
 
     /// Waits until the cluster reports `count` brokers.

@@ -1,0 +1,74 @@
+//! Settings. Each has a flag and an environment variable; `payment-service --help` lists all.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use consumer::KafkaSettings;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "payment-service",
+    version,
+    about = "Pays orders and publishes payment.completed"
+)]
+pub struct Config {
+    /// Address to listen on; 127.0.0.1 keeps the service off other interfaces.
+    #[arg(long, env = "PAYMENT_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "PAYMENT_DATABASE_URL",
+        default_value = "postgres://orders:orders@127.0.0.1:5432/payments"
+    )]
+    pub database_url: String,
+
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
+
+    /// Consumer group of the order.created consumer.
+    #[arg(
+        long,
+        env = "PAYMENT_CONSUMER_GROUP",
+        default_value = "payment-service"
+    )]
+    pub consumer_group: String,
+
+    /// Largest database pool.
+    #[arg(long, env = "PAYMENT_DB_POOL", default_value_t = 10)]
+    pub db_pool: u32,
+
+    /// How long a request may wait for a database connection, in seconds.
+    #[arg(long, env = "PAYMENT_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
+    pub db_acquire_timeout_secs: u64,
+
+    /// How long shutdown may take before in-flight work is abandoned, in seconds.
+    #[arg(long, env = "PAYMENT_SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Config {
+    pub fn db_acquire_timeout(&self) -> Duration {
+        Duration::from_secs(self.db_acquire_timeout_secs)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    pub fn topics(&self) -> events::Topics {
+        events::Topics::with_prefix(&self.kafka.topic_prefix)
+    }
+
+    /// The defaults, on port 0, with another database, broker and topic prefix; for tests.
+    pub fn for_test(database_url: &str, kafka_bootstrap: &str, topic_prefix: &str) -> Self {
+        let mut config = Self::parse_from(["payment-service"]);
+        config.database_url = database_url.to_owned();
+        config.kafka.kafka_bootstrap = kafka_bootstrap.to_owned();
+        config.kafka.topic_prefix = topic_prefix.to_owned();
+        config.listen = ([127, 0, 0, 1], 0).into();
+        config
+    }
+}

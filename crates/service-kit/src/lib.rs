@@ -1,0 +1,30 @@
+//! What the services share, so each service holds only what is its own:
+//! - [`problem`]: RFC 9457 problem responses, so every error has one shape;
+//! - [`lifecycle`]: connecting to PostgreSQL and Kafka at start-up, and running the HTTP
+//!   API, the outbox relay and the consumer as one unit that starts and stops together;
+//! - [`shutdown_signal`]: Ctrl-C or SIGTERM.
+
+pub mod lifecycle;
+pub mod problem;
+
+pub use problem::Problem;
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutting down");
+}
