@@ -4,7 +4,6 @@
 use std::future::Future;
 
 use anyhow::Context;
-use consumer::ConsumerConfig;
 use rdkafka::producer::FutureProducer;
 use service_kit::lifecycle::{self, Service};
 use sqlx::PgPool;
@@ -66,12 +65,10 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let topics = self.config.topics();
-        let mut consumer = ConsumerConfig::new(
-            &self.config.kafka.kafka_bootstrap,
-            &self.config.consumer_group,
-            &[&topics.order_created],
-        );
-        consumer.batch_size = self.config.kafka.batch_size;
+        let consumer = self
+            .config
+            .kafka
+            .consumer(&self.config.consumer_group, &[&topics.order_created]);
         Service {
             name: "payment-service",
             router: router(AppState {
