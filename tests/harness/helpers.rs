@@ -31,6 +31,8 @@ pub struct RunningService {
     pub base_url: String,
     pub db: testkit::TestDatabase,
     pub http: reqwest::Client,
+    /// The topic names this service uses (its own prefix).
+    pub topics: events::Topics,
     /// Sends the shutdown signal; dropping it stops the service too.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -40,6 +42,7 @@ impl RunningService {
     fn new(
         port: u16,
         db: testkit::TestDatabase,
+        topics: events::Topics,
         run: impl FnOnce(
             tokio::sync::oneshot::Receiver<()>,
         ) -> tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -54,6 +57,7 @@ impl RunningService {
             base_url: format!("http://127.0.0.1:{port}"),
             db,
             http,
+            topics,
             stop: Some(stop),
             task: Some(task),
         }
@@ -102,13 +106,22 @@ pub fn topic_prefix() -> String {
 /// order-service on `bootstrap`, with topics named `prefix` + standard name.
 pub async fn order_service(bootstrap: &str, prefix: &str) -> RunningService {
     let db = fresh_database().await;
-    let mut config = order_service::Config::for_test(&db.url, bootstrap, prefix);
+    let config = order_service::Config::for_test(&db.url, bootstrap, prefix);
+    running_order_service(db, config).await
+}
+
+/// order-service with a configuration of the test's own.
+pub async fn running_order_service(
+    db: testkit::TestDatabase,
+    mut config: order_service::Config,
+) -> RunningService {
     config.kafka.batch_size = 200;
+    let topics = config.topics();
     let app = order_service::Application::build(config)
         .await
         .expect("build order-service");
     let port = app.port();
-    RunningService::new(port, db, |stopped| {
+    RunningService::new(port, db, topics, |stopped| {
         tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }))
@@ -136,11 +149,12 @@ pub async fn running_payment_service(
     mut config: payment_service::Config,
 ) -> RunningService {
     config.kafka.batch_size = 200;
+    let topics = config.topics();
     let app = payment_service::Application::build(config)
         .await
         .expect("build payment-service");
     let port = app.port();
-    RunningService::new(port, db, |stopped| {
+    RunningService::new(port, db, topics, |stopped| {
         tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }))

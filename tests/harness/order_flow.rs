@@ -99,6 +99,13 @@ async fn every_accepted_order_is_paid_exactly_once() {
             300
         );
 
+        let spec: Value = payments
+            .get("/api-docs/openapi.json")
+            .await
+            .json()
+            .await
+            .expect("spec");
+        assert!(spec["paths"]["/payments/{order_id}"]["get"].is_object());
         let payment: Value = payments
             .get(&format!("/payments/{}", ids[0]))
             .await
@@ -271,4 +278,97 @@ async fn a_shutdown_under_load_commits_exactly_what_it_processed_and_a_restart_f
         );
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_payment_delivered_twice_and_replayed_marks_its_order_paid_once() {
+    within(MINUTES_5, async {
+        let kafka = kafka::broker().await.expect("kafka");
+        let client = kafka.client();
+        let prefix = topic_prefix();
+        let orders = order_service(kafka.bootstrap(), &prefix).await;
+        let order: Value = orders
+            .post_raw(r#"{"amount": 12.34}"#, "application/json", None)
+            .await
+            .json()
+            .await
+            .expect("json");
+        let order_id: Uuid = order["id"].as_str().expect("id").parse().expect("uuid");
+
+        let event = Envelope::new(
+            EventType::PaymentCompleted,
+            order_id,
+            events::PaymentCompleted {
+                payment_id: Uuid::now_v7(),
+                order_id,
+                amount: "12.34".parse().expect("amount"),
+                currency: Currency::USD,
+            },
+        );
+        let record =
+            Record::new(serde_json::to_vec(&event).expect("json")).key(order_id.to_string());
+        let producer = client.producer().expect("producer");
+        let topic = orders.topics.payment_completed.clone();
+        kafka::produce_with(&producer, &topic, &record)
+            .await
+            .expect("produce");
+        eventually(Duration::from_secs(60), "the order PAID", || async {
+            paid_orders(&orders).await == 1
+        })
+        .await;
+        let first = paid_at(&orders).await;
+
+        // The same event again, then the whole topic again under a new consumer group.
+        kafka::produce_with(&producer, &topic, &record)
+            .await
+            .expect("produce");
+        eventually(
+            Duration::from_secs(60),
+            "the duplicate consumed",
+            || async {
+                client
+                    .committed_total("order-service", &topic)
+                    .await
+                    .unwrap_or(0)
+                    == 2
+            },
+        )
+        .await;
+        let db = orders.into_database().await;
+        let mut config = order_service::Config::for_test(&db.url, kafka.bootstrap(), &prefix);
+        config.consumer_group = "order-service-replay".into();
+        let replay = crate::helpers::running_order_service(db, config).await;
+        eventually(
+            Duration::from_secs(60),
+            "the replay consumed the topic",
+            || async {
+                client
+                    .committed_total("order-service-replay", &topic)
+                    .await
+                    .unwrap_or(0)
+                    == 2
+            },
+        )
+        .await;
+
+        assert_eq!(
+            replay.count("processed_events").await,
+            1,
+            "one event, recorded once"
+        );
+        assert_eq!(paid_orders(&replay).await, 1);
+        assert_eq!(
+            paid_at(&replay).await,
+            first,
+            "one PENDING -> PAID transition"
+        );
+    })
+    .await;
+}
+
+async fn paid_at(orders: &RunningService) -> chrono::DateTime<chrono::Utc> {
+    sqlx::query_scalar("SELECT paid_at FROM orders WHERE paid_at IS NOT NULL")
+        .fetch_one(orders.db.pool())
+        .await
+        .expect("paid_at")
 }

@@ -195,6 +195,14 @@ async fn bad_input_gets_a_readable_4xx_and_leaves_nothing_behind() {
             (0, 0),
             "no order row and no event"
         );
+        // The relay runs all along; give it the time it takes to publish one event.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let kafka = testkit::kafka::broker().await.expect("kafka").client();
+        let published = kafka
+            .record_count(&service.topics.order_created)
+            .await
+            .expect("count");
+        assert_eq!(published, 0, "nothing was published");
     })
     .await;
 }
