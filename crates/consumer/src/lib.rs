@@ -28,6 +28,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// One consumed message, owned.
 #[derive(Debug, Clone)]
@@ -149,8 +150,16 @@ pub async fn run<H: BatchHandler>(
             .with_max_delay(config.max_retry_delay)
             .without_max_times()
             .build();
+        let span = tracing::info_span!(
+            "batch",
+            group = %config.group_id,
+            topic = %batch[0].topic,
+            partition = batch[0].partition,
+            first_offset = batch[0].offset,
+            size = batch.len(),
+        );
         let outcomes = loop {
-            match handler.handle(&batch).await {
+            match handler.handle(&batch).instrument(span.clone()).await {
                 Ok(outcomes) => break Some(outcomes),
                 Err(error) => {
                     let delay = delays.next().unwrap_or(config.max_retry_delay);

@@ -3,12 +3,7 @@ use payment_service::{Application, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .init();
+    service_kit::init_tracing();
     let config = Config::parse();
     let app = Application::build(config).await?;
     tracing::info!(port = app.port(), "payment-service listening");

@@ -2,6 +2,7 @@
 //! - [`problem`]: RFC 9457 problem responses, so every error has one shape;
 //! - [`lifecycle`]: connecting to PostgreSQL and Kafka at start-up, and running the HTTP
 //!   API, the outbox relay and the consumer as one unit that starts and stops together;
+//! - [`init_tracing`]: log lines to stderr, filtered by `RUST_LOG`;
 //! - [`shutdown_signal`]: Ctrl-C or SIGTERM.
 
 pub mod lifecycle;
@@ -27,4 +28,18 @@ pub async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { () = ctrl_c => {}, () = term => {} }
     tracing::info!("shutting down");
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), with colours only on a
+/// terminal so log files stay plain text.
+pub fn init_tracing() {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
