@@ -48,14 +48,10 @@ fn order_created_records(count: usize) -> Vec<Record> {
     (0..count)
         .map(|i| {
             let order_id = Uuid::now_v7();
-            let event = Envelope::new(
-                EventType::OrderCreated,
+            let event = OrderCreated::event(
                 order_id,
-                OrderCreated {
-                    order_id,
-                    amount: format!("{}.50", 1 + i).parse().expect("amount"),
-                    currency: Currency::USD,
-                },
+                format!("{}.50", 1 + i).parse().expect("amount"),
+                Currency::USD,
             );
             Record::new(serde_json::to_vec(&event).expect("json")).key(order_id.to_string())
         })

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::envelope::{Envelope, EventType};
 use crate::money::{Amount, Currency};
 
 /// An order was accepted and stored as `PENDING`. Key: the order id.
@@ -12,6 +13,21 @@ pub struct OrderCreated {
     pub order_id: Uuid,
     pub amount: Amount,
     pub currency: Currency,
+}
+
+impl OrderCreated {
+    /// The event for a new order; its correlation id is the order's id.
+    pub fn event(order_id: Uuid, amount: Amount, currency: Currency) -> Envelope<Self> {
+        Envelope::new(
+            EventType::OrderCreated,
+            order_id,
+            Self {
+                order_id,
+                amount,
+                currency,
+            },
+        )
+    }
 }
 
 /// An order was paid. Key: the order id.
@@ -32,15 +48,7 @@ mod tests {
     #[test]
     fn an_order_created_event_round_trips_through_json_exactly() {
         let order_id = Uuid::now_v7();
-        let event = Envelope::new(
-            EventType::OrderCreated,
-            order_id,
-            OrderCreated {
-                order_id,
-                amount: "222.22".parse().unwrap(),
-                currency: Currency::USD,
-            },
-        );
+        let event = OrderCreated::event(order_id, "222.22".parse().unwrap(), Currency::USD);
         let json = serde_json::to_string(&event).unwrap();
         assert!(json.contains(r#""amount":222.22"#), "{json}");
         assert!(json.contains(r#""event_type":"order.created""#), "{json}");
@@ -51,15 +59,7 @@ mod tests {
     #[test]
     fn decoding_refuses_other_types_unknown_versions_and_garbage() {
         let order_id = Uuid::now_v7();
-        let event = Envelope::new(
-            EventType::OrderCreated,
-            order_id,
-            OrderCreated {
-                order_id,
-                amount: "1.00".parse().unwrap(),
-                currency: Currency::USD,
-            },
-        );
+        let event = OrderCreated::event(order_id, "1.00".parse().unwrap(), Currency::USD);
         let bytes = serde_json::to_vec(&event).unwrap();
         let decoded = Envelope::<OrderCreated>::decode(Some(&bytes), EventType::OrderCreated);
         assert_eq!(decoded.unwrap(), event);

@@ -3,11 +3,7 @@
 
 use std::future::Future;
 
-use anyhow::Context;
-use rdkafka::producer::FutureProducer;
-use service_kit::lifecycle::{self, Service};
-use sqlx::PgPool;
-use tokio::net::TcpListener;
+use service_kit::lifecycle::{Needs, Resources, Service};
 
 use crate::http::{router, AppState};
 use crate::payments_in::PaymentCompletedHandler;
@@ -15,9 +11,7 @@ use crate::{Config, MIGRATOR};
 
 /// A built service, listening but not yet serving.
 pub struct Application {
-    listener: TcpListener,
-    pool: PgPool,
-    producer: FutureProducer,
+    resources: Resources,
     config: Config,
 }
 
@@ -25,38 +19,22 @@ impl Application {
     /// Connects to PostgreSQL, runs the migrations, creates missing topics and binds the
     /// listener. Fails with a message naming what could not be reached.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let pool = lifecycle::connect_database(
-            &config.database_url,
-            config.db_pool,
-            config.db_acquire_timeout(),
-            &MIGRATOR,
-            "ORDER_DATABASE_URL",
-        )
-        .await?;
-        let topics = config.topics();
-        consumer::ensure_topics(
-            &config.kafka.kafka_bootstrap,
-            &[&topics.order_created, &topics.payment_completed],
-            config.kafka.topic_partitions,
-            config.kafka.topic_replication,
-        )
-        .await
-        .context("creating topics (KAFKA_BOOTSTRAP)")?;
-        let producer = lifecycle::producer(&config.kafka.kafka_bootstrap)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listening on {}", config.listen))?;
-        Ok(Self {
-            listener,
-            pool,
-            producer,
-            config,
+        let resources = Resources::acquire(Needs {
+            listen: config.listen,
+            database_url: &config.database_url,
+            database_setting: "ORDER_DATABASE_URL",
+            db_pool: config.db_pool,
+            db_acquire_timeout: config.db_acquire_timeout(),
+            migrator: &MIGRATOR,
+            kafka: &config.kafka,
         })
+        .await?;
+        Ok(Self { resources, config })
     }
 
     /// The port actually bound (useful with port 0).
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.resources.port()
     }
 
     /// Serves until `shutdown` completes, then stops within the shutdown timeout.
@@ -64,25 +42,23 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let topics = self.config.topics();
-        let consumer = self
-            .config
+        let Self { resources, config } = self;
+        let topics = config.topics();
+        let consumer = config
             .kafka
-            .consumer(&self.config.consumer_group, &[&topics.payment_completed]);
+            .consumer(&config.consumer_group, &[&topics.payment_completed]);
         Service {
             name: "order-service",
             router: router(AppState {
-                pool: self.pool.clone(),
+                pool: resources.pool.clone(),
                 topics,
             }),
             handler: PaymentCompletedHandler {
-                pool: self.pool.clone(),
+                pool: resources.pool.clone(),
             },
-            listener: self.listener,
-            pool: self.pool,
-            producer: self.producer,
+            resources,
             consumer,
-            shutdown_timeout: self.config.shutdown_timeout(),
+            shutdown_timeout: config.shutdown_timeout(),
         }
         .run(shutdown)
         .await

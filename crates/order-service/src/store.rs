@@ -1,7 +1,7 @@
 //! PostgreSQL access. SQL only through bound parameters.
 
 use chrono::{DateTime, Utc};
-use events::{Envelope, EventType, OrderCreated, Topics};
+use events::{OrderCreated, Topics};
 use outbox::OutboxRow;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
@@ -86,15 +86,7 @@ pub async fn create_order(
     .await?;
     let order = Order::try_from(row)?;
 
-    let event = Envelope::new(
-        EventType::OrderCreated,
-        order.id,
-        OrderCreated {
-            order_id: order.id,
-            amount: order.amount,
-            currency: order.currency,
-        },
-    );
+    let event = OrderCreated::event(order.id, order.amount, order.currency);
     let row = OutboxRow::event(
         topics.for_event(event.event_type),
         &order.id.to_string(),

@@ -9,7 +9,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use events::{Currency, Envelope, EventType, OrderCreated, Topics};
+use events::{Currency, OrderCreated, Topics};
 use testkit::{kafka, postgres, unique_name, Record, TestDatabase};
 use uuid::Uuid;
 
@@ -60,14 +60,10 @@ async fn killed_between_database_commit_and_offset_commit_it_pays_each_order_onc
         let producer = client.producer().expect("producer");
         for i in 0..ORDERS {
             let order_id = Uuid::now_v7();
-            let event = Envelope::new(
-                EventType::OrderCreated,
+            let event = OrderCreated::event(
                 order_id,
-                OrderCreated {
-                    order_id,
-                    amount: format!("{}.25", 1 + i).parse().expect("amount"),
-                    currency: Currency::USD,
-                },
+                format!("{}.25", 1 + i).parse().expect("amount"),
+                Currency::USD,
             );
             let record =
                 Record::new(serde_json::to_vec(&event).expect("json")).key(order_id.to_string());

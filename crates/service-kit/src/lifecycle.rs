@@ -2,10 +2,12 @@
 //! — the HTTP API, the outbox relay and one consumer — that stop together.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use consumer::{BatchHandler, ConsumerConfig};
+use consumer::{BatchHandler, ConsumerConfig, KafkaSettings};
+use events::Topics;
 use outbox::{Relay, RelayConfig};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::FutureProducer;
@@ -50,14 +52,70 @@ pub fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
         .context("creating the Kafka producer")
 }
 
+/// What a service needs before it can serve.
+pub struct Needs<'a> {
+    pub listen: SocketAddr,
+    pub database_url: &'a str,
+    /// The variable the URL comes from, named in the error if it cannot be reached.
+    pub database_setting: &'static str,
+    pub db_pool: u32,
+    pub db_acquire_timeout: Duration,
+    pub migrator: &'static Migrator,
+    pub kafka: &'a KafkaSettings,
+}
+
+/// What a service holds once started: its listener, database pool and Kafka producer.
+pub struct Resources {
+    pub listener: TcpListener,
+    pub pool: PgPool,
+    pub producer: FutureProducer,
+}
+
+impl Resources {
+    /// Connects to PostgreSQL and runs the migrations, creates the platform's topics if
+    /// they are missing, creates the producer and binds the listener. Fails with a
+    /// message naming what could not be reached.
+    pub async fn acquire(needs: Needs<'_>) -> anyhow::Result<Self> {
+        let pool = connect_database(
+            needs.database_url,
+            needs.db_pool,
+            needs.db_acquire_timeout,
+            needs.migrator,
+            needs.database_setting,
+        )
+        .await?;
+        let topics = Topics::with_prefix(&needs.kafka.topic_prefix);
+        consumer::ensure_topics(
+            &needs.kafka.kafka_bootstrap,
+            &[&topics.order_created, &topics.payment_completed],
+            needs.kafka.topic_partitions,
+            needs.kafka.topic_replication,
+        )
+        .await
+        .context("creating topics (KAFKA_BOOTSTRAP)")?;
+        let producer = producer(&needs.kafka.kafka_bootstrap)?;
+        let listener = TcpListener::bind(needs.listen)
+            .await
+            .with_context(|| format!("listening on {}", needs.listen))?;
+        Ok(Self {
+            listener,
+            pool,
+            producer,
+        })
+    }
+
+    /// The port actually bound (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+}
+
 /// Everything a service runs.
 pub struct Service<H> {
     /// For log lines.
     pub name: &'static str,
-    pub listener: TcpListener,
+    pub resources: Resources,
     pub router: axum::Router,
-    pub pool: PgPool,
-    pub producer: FutureProducer,
     pub consumer: ConsumerConfig,
     pub handler: H,
     /// Bound on everything after the shutdown signal.
@@ -73,10 +131,15 @@ impl<H: BatchHandler> Service<H> {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
-        let relay = Relay::new(self.pool.clone(), self.producer, RelayConfig::default());
+        let Resources {
+            listener,
+            pool,
+            producer,
+        } = self.resources;
+        let relay = Relay::new(pool.clone(), producer, RelayConfig::default());
         let relay = tokio::spawn(relay.run(stop.clone()));
         let consuming = tokio::spawn(consumer::run(self.consumer, self.handler, stop.clone()));
-        let serving = axum::serve(self.listener, self.router).with_graceful_shutdown({
+        let serving = axum::serve(listener, self.router).with_graceful_shutdown({
             let stop = stop.clone();
             async move {
                 tokio::select! {
@@ -100,7 +163,7 @@ impl<H: BatchHandler> Service<H> {
             outcome = everything => Some(outcome),
             () = async { stop.cancelled().await; tokio::time::sleep(limit).await } => None,
         };
-        self.pool.close().await;
+        pool.close().await;
         let Some((served, consumed)) = outcome else {
             tracing::warn!(
                 service = self.name,
