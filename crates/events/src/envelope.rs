@@ -11,6 +11,8 @@ pub enum EventType {
     OrderCreated,
     #[serde(rename = "payment.completed")]
     PaymentCompleted,
+    #[serde(rename = "payment.failed")]
+    PaymentFailed,
 }
 
 impl EventType {
@@ -19,6 +21,7 @@ impl EventType {
         match self {
             EventType::OrderCreated => crate::topics::ORDER_CREATED,
             EventType::PaymentCompleted => crate::topics::PAYMENT_COMPLETED,
+            EventType::PaymentFailed => crate::topics::PAYMENT_FAILED,
         }
     }
 
@@ -92,6 +95,18 @@ pub enum DecodeError {
         version: u32,
         supported: u32,
     },
+}
+
+impl DecodeError {
+    /// A stable name for the kind of poison, for dead-letter headers and counts.
+    pub fn class(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "poison.empty",
+            DecodeError::Invalid { .. } => "poison.invalid",
+            DecodeError::WrongType { .. } => "poison.wrong-type",
+            DecodeError::UnsupportedVersion { .. } => "poison.unsupported-version",
+        }
+    }
 }
 
 impl<P: serde::de::DeserializeOwned> Envelope<P> {

@@ -10,5 +10,5 @@ pub mod topics;
 
 pub use envelope::{DecodeError, Envelope, EventType};
 pub use money::{Amount, AmountError, Currency, CurrencyError};
-pub use payloads::{OrderCreated, PaymentCompleted};
+pub use payloads::{OrderCreated, PaymentCompleted, PaymentFailed};
 pub use topics::Topics;

@@ -40,6 +40,19 @@ pub struct PaymentCompleted {
     pub currency: Currency,
 }
 
+/// A charge was declined: the payment is stored as failed and the order cannot be paid.
+/// Key: the order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentFailed {
+    pub payment_id: Uuid,
+    pub order_id: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+    /// The gateway's reason, for people.
+    pub reason: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,17 +7,14 @@ use crate::EventType;
 
 pub const ORDER_CREATED: &str = "order.created";
 pub const PAYMENT_COMPLETED: &str = "payment.completed";
-
-/// The dead-letter topic of `topic`: `order.created` → `order.created.DLT`.
-pub fn dead_letter(topic: &str) -> String {
-    format!("{topic}.DLT")
-}
+pub const PAYMENT_FAILED: &str = "payment.failed";
 
 /// The topic names a deployment uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
     pub order_created: String,
     pub payment_completed: String,
+    pub payment_failed: String,
 }
 
 impl Topics {
@@ -26,6 +23,7 @@ impl Topics {
         Self {
             order_created: format!("{prefix}{ORDER_CREATED}"),
             payment_completed: format!("{prefix}{PAYMENT_COMPLETED}"),
+            payment_failed: format!("{prefix}{PAYMENT_FAILED}"),
         }
     }
 
@@ -34,7 +32,17 @@ impl Topics {
         match event_type {
             EventType::OrderCreated => &self.order_created,
             EventType::PaymentCompleted => &self.payment_completed,
+            EventType::PaymentFailed => &self.payment_failed,
         }
+    }
+
+    /// Every topic of the platform.
+    pub fn all(&self) -> [&str; 3] {
+        [
+            &self.order_created,
+            &self.payment_completed,
+            &self.payment_failed,
+        ]
     }
 }
 
@@ -57,6 +65,5 @@ mod tests {
         );
         assert_eq!(topics.payment_completed, "staging.payment.completed");
         assert_eq!(Topics::default().order_created, "order.created");
-        assert_eq!(dead_letter("order.created"), "order.created.DLT");
     }
 }

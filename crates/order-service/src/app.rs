@@ -6,7 +6,7 @@ use std::future::Future;
 use service_kit::lifecycle::{Needs, Resources, Service};
 
 use crate::http::{router, AppState};
-use crate::payments_in::PaymentCompletedHandler;
+use crate::payments_in::PaymentsHandler;
 use crate::{Config, MIGRATOR};
 
 /// A built service, listening but not yet serving.
@@ -44,17 +44,20 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Self { resources, config } = self;
         let topics = config.topics();
-        let consumer = config
-            .kafka
-            .consumer(&config.consumer_group, &[&topics.payment_completed]);
+        let consumer = config.kafka.consumer(
+            "order-service",
+            &config.consumer_group,
+            &[&topics.payment_completed, &topics.payment_failed],
+        );
         Service {
             name: "order-service",
             router: router(AppState {
                 pool: resources.pool.clone(),
                 topics,
             }),
-            handler: PaymentCompletedHandler {
+            handler: PaymentsHandler {
                 pool: resources.pool.clone(),
+                topics: config.topics(),
             },
             resources,
             consumer,

@@ -14,6 +14,8 @@ pub enum OrderStatus {
     Pending,
     /// `payment.completed` arrived.
     Paid,
+    /// `payment.failed` arrived: the charge was declined (the saga's compensating step).
+    PaymentFailed,
 }
 
 impl OrderStatus {
@@ -21,6 +23,7 @@ impl OrderStatus {
         match self {
             OrderStatus::Pending => "PENDING",
             OrderStatus::Paid => "PAID",
+            OrderStatus::PaymentFailed => "PAYMENT_FAILED",
         }
     }
 
@@ -28,6 +31,7 @@ impl OrderStatus {
         match text {
             "PENDING" => Some(OrderStatus::Pending),
             "PAID" => Some(OrderStatus::Paid),
+            "PAYMENT_FAILED" => Some(OrderStatus::PaymentFailed),
             _ => None,
         }
     }

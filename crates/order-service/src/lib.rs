@@ -10,7 +10,8 @@
 //! - [`http`]: the HTTP API, its errors (RFC 9457 problem details) and its OpenAPI spec.
 //! - [`app`]: wires them together; `Application::build` then `run_until_stopped`.
 //!
-//! - [`payments_in`]: consumes `payment.completed` and marks orders `PAID`, once per event.
+//! - [`payments_in`]: consumes `payment.completed` and `payment.failed` and marks orders
+//!   `PAID` or `PAYMENT_FAILED`, once per event.
 
 pub mod app;
 pub mod config;

@@ -1,42 +1,68 @@
-//! Consumes `payment.completed` and moves each paid order from `PENDING` to `PAID`.
+//! Consumes the payment outcome: `payment.completed` moves an order from `PENDING` to
+//! `PAID`, `payment.failed` from `PENDING` to `PAYMENT_FAILED`.
 //!
 //! One transaction per batch: the events' ids go into `processed_events` (a redelivered
-//! event is recognised there and changes nothing), then one `UPDATE` marks the orders.
+//! event is recognised there and changes nothing), then one `UPDATE` per outcome moves
+//! the orders. Only a `PENDING` order moves, so an order's outcome is set once.
 
 use std::collections::HashSet;
 
-use consumer::{BatchHandler, Incoming, Outcome, Transient};
-use events::{Envelope, EventType, PaymentCompleted};
+use consumer::{BatchHandler, Failure, Incoming, Outcome, Transient};
+use events::{DecodeError, Envelope, EventType, PaymentCompleted, PaymentFailed, Topics};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 /// The name this consumer records its processed events under.
-pub const CONSUMER: &str = "order-service.payment-completed";
+pub const CONSUMER: &str = "order-service.payments";
 
-pub struct PaymentCompletedHandler {
+pub struct PaymentsHandler {
     pub pool: PgPool,
+    pub topics: Topics,
 }
 
-impl BatchHandler for PaymentCompletedHandler {
+/// What a payment event means for its order.
+struct Settlement {
+    event_id: Uuid,
+    order_id: Uuid,
+    paid: bool,
+}
+
+impl PaymentsHandler {
+    fn decode(&self, message: &Incoming) -> Result<Settlement, DecodeError> {
+        let payload = message.payload.as_deref();
+        if message.topic == self.topics.payment_failed {
+            let e = Envelope::<PaymentFailed>::decode(payload, EventType::PaymentFailed)?;
+            Ok(Settlement {
+                event_id: e.event_id,
+                order_id: e.payload.order_id,
+                paid: false,
+            })
+        } else {
+            let e = Envelope::<PaymentCompleted>::decode(payload, EventType::PaymentCompleted)?;
+            Ok(Settlement {
+                event_id: e.event_id,
+                order_id: e.payload.order_id,
+                paid: true,
+            })
+        }
+    }
+}
+
+impl BatchHandler for PaymentsHandler {
     async fn handle(&self, batch: &[Incoming]) -> Result<Vec<Outcome>, Transient> {
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut event_ids = Vec::new();
-        let mut order_ids = Vec::new();
+        let mut settlements = Vec::new();
         for message in batch {
-            match Envelope::<PaymentCompleted>::decode(
-                message.payload.as_deref(),
-                EventType::PaymentCompleted,
-            ) {
-                Ok(event) => {
-                    event_ids.push(event.event_id);
-                    order_ids.push(event.payload.order_id);
+            match self.decode(message) {
+                Ok(settlement) => {
+                    settlements.push(settlement);
                     outcomes.push(Outcome::Done);
                 }
-                Err(e) => outcomes.push(Outcome::Poison(e.to_string())),
+                Err(e) => outcomes.push(Outcome::Poison(Failure::new(e.class(), e.to_string()))),
             }
         }
-        if !event_ids.is_empty() {
-            mark_paid(&self.pool, &event_ids, &order_ids)
+        if !settlements.is_empty() {
+            settle(&self.pool, &settlements)
                 .await
                 .map_err(|e| Transient(format!("order database: {e}")))?;
         }
@@ -44,37 +70,49 @@ impl BatchHandler for PaymentCompletedHandler {
     }
 }
 
-async fn mark_paid(pool: &PgPool, event_ids: &[Uuid], order_ids: &[Uuid]) -> sqlx::Result<()> {
+async fn settle(pool: &PgPool, settlements: &[Settlement]) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
-    let fresh: Vec<Uuid> = sqlx::query_scalar(
+    let event_ids: Vec<Uuid> = settlements.iter().map(|s| s.event_id).collect();
+    let fresh: HashSet<Uuid> = sqlx::query_scalar::<_, Uuid>(
         "INSERT INTO processed_events (consumer, event_id)
          SELECT $1, e FROM unnest($2::uuid[]) AS e
          ON CONFLICT DO NOTHING RETURNING event_id",
     )
     .bind(CONSUMER)
-    .bind(event_ids)
+    .bind(&event_ids)
     .fetch_all(&mut *tx)
-    .await?;
-    let fresh: HashSet<Uuid> = fresh.into_iter().collect();
-    let paid: Vec<Uuid> = event_ids
-        .iter()
-        .zip(order_ids)
-        .filter(|(event, _)| fresh.contains(*event))
-        .map(|(_, order)| *order)
-        .collect();
-    let updated = sqlx::query(
+    .await?
+    .into_iter()
+    .collect();
+    let orders = |paid: bool| -> Vec<Uuid> {
+        settlements
+            .iter()
+            .filter(|s| s.paid == paid && fresh.contains(&s.event_id))
+            .map(|s| s.order_id)
+            .collect()
+    };
+    let paid = sqlx::query(
         "UPDATE orders SET status = 'PAID', paid_at = now(), updated_at = now()
          WHERE id = ANY($1) AND status = 'PENDING'",
     )
-    .bind(&paid)
+    .bind(orders(true))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let failed = sqlx::query(
+        "UPDATE orders SET status = 'PAYMENT_FAILED', updated_at = now()
+         WHERE id = ANY($1) AND status = 'PENDING'",
+    )
+    .bind(orders(false))
     .execute(&mut *tx)
     .await?
     .rows_affected();
     tx.commit().await?;
     tracing::debug!(
-        events = event_ids.len(),
+        events = settlements.len(),
         new = fresh.len(),
-        updated,
+        paid,
+        failed,
         "payments applied"
     );
     Ok(())

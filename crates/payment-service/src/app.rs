@@ -5,6 +5,9 @@ use std::future::Future;
 
 use service_kit::lifecycle::{Needs, Resources, Service};
 
+use anyhow::Context;
+
+use crate::gateway::{Gateway, HttpGateway, Simulated};
 use crate::http::{router, AppState};
 use crate::orders_in::OrderCreatedHandler;
 use crate::{Config, MIGRATOR};
@@ -12,6 +15,7 @@ use crate::{Config, MIGRATOR};
 /// A built service, listening but not yet serving.
 pub struct Application {
     resources: Resources,
+    gateway: Gateway,
     config: Config,
 }
 
@@ -19,6 +23,7 @@ impl Application {
     /// Connects to PostgreSQL, runs the migrations, creates missing topics and binds the
     /// listener. Fails with a message naming what could not be reached.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let gateway = gateway(&config)?;
         let resources = Resources::acquire(Needs {
             listen: config.listen,
             database_url: &config.database_url,
@@ -29,7 +34,11 @@ impl Application {
             kafka: &config.kafka,
         })
         .await?;
-        Ok(Self { resources, config })
+        Ok(Self {
+            resources,
+            gateway,
+            config,
+        })
     }
 
     /// The port actually bound (useful with port 0).
@@ -42,11 +51,17 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { resources, config } = self;
+        let Self {
+            resources,
+            gateway,
+            config,
+        } = self;
         let topics = config.topics();
-        let consumer = config
-            .kafka
-            .consumer(&config.consumer_group, &[&topics.order_created]);
+        let consumer = config.kafka.consumer(
+            "payment-service",
+            &config.consumer_group,
+            &[&topics.order_created],
+        );
         Service {
             name: "payment-service",
             router: router(AppState {
@@ -55,6 +70,8 @@ impl Application {
             handler: OrderCreatedHandler {
                 pool: resources.pool.clone(),
                 topics,
+                gateway,
+                gateway_concurrency: config.gateway_concurrency as usize,
             },
             resources,
             consumer,
@@ -63,4 +80,23 @@ impl Application {
         .run(shutdown)
         .await
     }
+}
+
+/// The HTTP gateway if a URL is configured, the simulated one otherwise.
+fn gateway(config: &Config) -> anyhow::Result<Gateway> {
+    let Some(url) = &config.gateway_url else {
+        tracing::info!(decline_above = ?config.simulated_decline_above, "using the simulated payment gateway");
+        return Ok(Gateway::Simulated(Simulated {
+            decline_above: config.simulated_decline_above,
+        }));
+    };
+    anyhow::ensure!(
+        url.starts_with("http://"),
+        "PAYMENT_GATEWAY_URL must start with http:// (this build speaks plain HTTP; put a \
+         TLS-terminating proxy in front of an https gateway): {url}"
+    );
+    let gateway = HttpGateway::new(url, config.gateway_timeout())
+        .context("creating the payment gateway client (PAYMENT_GATEWAY_URL)")?;
+    tracing::info!(%url, timeout = ?config.gateway_timeout(), "using the payment gateway over HTTP");
+    Ok(Gateway::Http(gateway))
 }

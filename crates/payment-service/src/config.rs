@@ -44,6 +44,26 @@ pub struct Config {
     #[arg(long, env = "PAYMENT_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
     pub db_acquire_timeout_secs: u64,
 
+    /// Base URL of the payment gateway (`http://host:port`; see docs/payment-gateway.md).
+    /// When unset, a built-in simulated gateway approves every charge, except those above
+    /// PAYMENT_SIMULATED_DECLINE_ABOVE.
+    #[arg(long, env = "PAYMENT_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+
+    /// Bound on one gateway call, from connecting to the whole answer, in milliseconds.
+    /// A call that takes longer is retried (CONSUMER_MAX_ATTEMPTS), then dead-lettered.
+    #[arg(long, env = "PAYMENT_GATEWAY_TIMEOUT_MS", default_value_t = 2000)]
+    pub gateway_timeout_ms: u64,
+
+    /// Most gateway calls in flight at once.
+    #[arg(long, env = "PAYMENT_GATEWAY_CONCURRENCY", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub gateway_concurrency: u32,
+
+    /// The simulated gateway declines charges above this amount (for the demo).
+    #[arg(long, env = "PAYMENT_SIMULATED_DECLINE_ABOVE")]
+    pub simulated_decline_above: Option<rust_decimal::Decimal>,
+
     /// How long shutdown may take before in-flight work is abandoned, in seconds.
     #[arg(long, env = "PAYMENT_SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
     pub shutdown_timeout_secs: u64,
@@ -56,6 +76,10 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    pub fn gateway_timeout(&self) -> Duration {
+        Duration::from_millis(self.gateway_timeout_ms)
     }
 
     pub fn topics(&self) -> events::Topics {

@@ -28,7 +28,7 @@ pub struct AppState {
 #[openapi(
     info(
         title = "payment-service",
-        description = "One payment per order; each one is published as payment.completed."
+        description = "One payment per order, charged through the payment gateway; published as payment.completed or, when declined, payment.failed."
     ),
     paths(list_payments, get_payment),
     components(schemas(Payment, Problem))
@@ -55,8 +55,11 @@ pub struct Payment {
     pub amount: Decimal,
     #[schema(example = "USD")]
     pub currency: String,
+    /// `COMPLETED`, or `FAILED` when the gateway declined the charge.
     #[schema(example = "COMPLETED")]
     pub status: String,
+    /// The gateway's reason, for a declined charge.
+    pub decline_reason: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -84,7 +87,7 @@ async fn list_payments(
         )));
     }
     let payments = sqlx::query_as(
-        "SELECT id, order_id, amount, currency, status, created_at FROM payments
+        "SELECT id, order_id, amount, currency, status, decline_reason, created_at FROM payments
          WHERE ($1::uuid IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
     )
     .bind(params.before)
@@ -104,7 +107,7 @@ async fn get_payment(
     let Path(order_id) =
         order_id.map_err(|_| ApiError::BadRequest("the order id must be a UUID".into()))?;
     sqlx::query_as(
-        "SELECT id, order_id, amount, currency, status, created_at FROM payments WHERE order_id = $1",
+        "SELECT id, order_id, amount, currency, status, decline_reason, created_at FROM payments WHERE order_id = $1",
     )
     .bind(order_id)
     .fetch_optional(&state.pool)

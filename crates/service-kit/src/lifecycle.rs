@@ -84,10 +84,18 @@ impl Resources {
             needs.database_setting,
         )
         .await?;
+        // Every platform topic and its dead-letter topic, with the same partitions, so a
+        // dead letter keeps its partition number.
         let topics = Topics::with_prefix(&needs.kafka.topic_prefix);
+        let mut names: Vec<String> = Vec::new();
+        for topic in topics.all() {
+            names.push(topic.to_owned());
+            names.push(consumer::dead_letter_topic(topic));
+        }
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         consumer::ensure_topics(
             &needs.kafka.kafka_bootstrap,
-            &[&topics.order_created, &topics.payment_completed],
+            &names,
             needs.kafka.topic_partitions,
             needs.kafka.topic_replication,
         )
@@ -138,7 +146,17 @@ impl<H: BatchHandler> Service<H> {
         } = self.resources;
         let relay = Relay::new(pool.clone(), producer, RelayConfig::default());
         let relay = tokio::spawn(relay.run(stop.clone()));
-        let consuming = tokio::spawn(consumer::run(self.consumer, self.handler, stop.clone()));
+        // A consumer that stops by itself (the dead-letter guard) stops the whole service,
+        // so that an orchestrator sees the process exit and the reason in its log.
+        let consuming = tokio::spawn({
+            let stop = stop.clone();
+            let running = consumer::run(self.consumer, self.handler, stop.clone());
+            async move {
+                let result = running.await;
+                stop.cancel();
+                result
+            }
+        });
         let serving = axum::serve(listener, self.router).with_graceful_shutdown({
             let stop = stop.clone();
             async move {

@@ -1,0 +1,132 @@
+//! How a consumer is configured: [`ConsumerConfig`] for the runner, and the
+//! [`KafkaSettings`] every service flattens into its command line.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub bootstrap: String,
+    pub group_id: String,
+    pub topics: Vec<String>,
+    /// Named in the `dlt-service` header of dead letters.
+    pub service: String,
+    /// Most messages handed to the handler at once.
+    pub batch_size: usize,
+    /// Longest wait for a batch to fill once its first message arrived.
+    pub batch_wait: Duration,
+    /// First pause before a message that failed transiently is tried again; it doubles
+    /// (with jitter) up to `max_retry_delay`.
+    pub retry_delay: Duration,
+    /// Longest pause between retries, of a message or of a whole batch during an outage.
+    pub max_retry_delay: Duration,
+    /// Attempts a message that keeps failing transiently gets before it is dead-lettered.
+    pub max_attempts: u32,
+    /// The dead-letter guard judges the share of dead-lettered messages among the last
+    /// this many messages.
+    pub dlt_window: usize,
+    /// The consumer stops, instead of dead-lettering, when more than this share of the
+    /// window would be dead-lettered. 1.0 turns the guard off.
+    pub dlt_max_ratio: f64,
+    /// How often stored offsets are committed in the background (and at shutdown).
+    pub commit_interval: Duration,
+}
+
+impl ConsumerConfig {
+    pub fn new(bootstrap: &str, group_id: &str, topics: &[&str]) -> Self {
+        Self {
+            bootstrap: bootstrap.to_owned(),
+            group_id: group_id.to_owned(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            service: group_id.to_owned(),
+            batch_size: 500,
+            batch_wait: Duration::from_millis(20),
+            retry_delay: Duration::from_millis(200),
+            max_retry_delay: Duration::from_secs(5),
+            max_attempts: 5,
+            dlt_window: 100,
+            dlt_max_ratio: 0.5,
+            commit_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The Kafka settings every service has; flattened into each service's command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaSettings {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub kafka_bootstrap: String,
+
+    /// Put before every topic name, to share a cluster between environments.
+    #[arg(long, env = "TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+
+    /// Partitions of topics this service creates at start-up if they are missing.
+    #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6)]
+    pub topic_partitions: i32,
+
+    /// Replication factor of topics this service creates (3 on a production cluster).
+    #[arg(long, env = "TOPIC_REPLICATION", default_value_t = 1)]
+    pub topic_replication: i32,
+
+    /// Most messages a consumer applies in one database transaction.
+    #[arg(long, env = "CONSUMER_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+
+    /// How often processed offsets are committed to Kafka, in milliseconds. A crash loses
+    /// at most this much of commits; what it loses is redelivered and recognised.
+    #[arg(long, env = "CONSUMER_COMMIT_INTERVAL_MS", default_value_t = 1000)]
+    pub commit_interval_ms: u64,
+
+    /// Attempts a message gets when it fails transiently (a payment gateway answering
+    /// 5xx or timing out) before it goes to its dead-letter topic.
+    #[arg(long, env = "CONSUMER_MAX_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
+    /// First pause before such a message is tried again, in milliseconds; it doubles,
+    /// with jitter, up to CONSUMER_MAX_RETRY_DELAY_MS.
+    #[arg(long, env = "CONSUMER_RETRY_DELAY_MS", default_value_t = 200)]
+    pub retry_delay_ms: u64,
+
+    /// Longest pause between retries, in milliseconds; also between attempts of a batch
+    /// while the database or Kafka is unreachable (those are retried without limit and
+    /// never dead-lettered).
+    #[arg(long, env = "CONSUMER_MAX_RETRY_DELAY_MS", default_value_t = 5000)]
+    pub max_retry_delay_ms: u64,
+
+    /// The dead-letter guard looks at the last this many messages.
+    #[arg(long, env = "CONSUMER_DLT_WINDOW", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub dlt_window: u64,
+
+    /// The consumer stops, and says why, when more than this share of the window would
+    /// be dead-lettered: a broken producer or a bad deployment must not empty a topic
+    /// into its dead-letter topic. 1 turns the guard off.
+    #[arg(long, env = "CONSUMER_DLT_MAX_RATIO", default_value_t = 0.5,
+          value_parser = ratio)]
+    pub dlt_max_ratio: f64,
+}
+
+fn ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{text:?} is not a share between 0 and 1")),
+    }
+}
+
+impl KafkaSettings {
+    /// A consumer configuration with these settings, for `service`.
+    pub fn consumer(&self, service: &str, group_id: &str, topics: &[&str]) -> ConsumerConfig {
+        let mut config = ConsumerConfig::new(&self.kafka_bootstrap, group_id, topics);
+        config.service = service.to_owned();
+        config.batch_size = self.batch_size;
+        config.commit_interval = Duration::from_millis(self.commit_interval_ms);
+        config.max_attempts = self.max_attempts;
+        config.retry_delay = Duration::from_millis(self.retry_delay_ms);
+        config.max_retry_delay = Duration::from_millis(self.max_retry_delay_ms);
+        config.dlt_window = usize::try_from(self.dlt_window).unwrap_or(usize::MAX);
+        config.dlt_max_ratio = self.dlt_max_ratio;
+        config
+    }
+}

@@ -1,0 +1,214 @@
+//! The payment gateway: the third party that charges an order.
+//!
+//! Either a real gateway over HTTP ([`HttpGateway`], when `PAYMENT_GATEWAY_URL` is set) or
+//! the built-in [`Simulated`] one, which approves everything except what its decline rule
+//! says (for the demo and for benchmarks, with no network on the hot path).
+//!
+//! The HTTP protocol, written down in `docs/payment-gateway.md`:
+//! `POST {base}/charges` with `Idempotency-Key: <order id>` and
+//! `{"order_id", "amount", "currency"}`; the answer is
+//! `{"status": "approved", "reference": …}` or `{"status": "declined", "reason": …}`
+//! (a `402` is a decline too). Because the key is the order's id, a charge retried after a
+//! timeout or a crash can never charge twice.
+
+use std::time::Duration;
+
+use events::{Amount, Currency};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One charge: an order's amount.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChargeRequest {
+    pub order_id: Uuid,
+    pub amount: Amount,
+    pub currency: Currency,
+}
+
+/// The gateway's answer to a charge it processed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Charge {
+    Approved { reference: String },
+    Declined { reason: String },
+}
+
+/// A charge the gateway did not process.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    /// A 5xx, 408 or 429, a timeout, or no connection: it may pass, so it is retried.
+    #[error("payment gateway unavailable: {0}")]
+    Unavailable(String),
+    /// Another 4xx: the gateway will never accept this request as it is.
+    #[error("payment gateway refused the request: {0}")]
+    Refused(String),
+}
+
+impl GatewayError {
+    /// The error class in dead-letter headers and counts.
+    pub fn class(&self) -> &'static str {
+        match self {
+            GatewayError::Unavailable(_) => "gateway.unavailable",
+            GatewayError::Refused(_) => "gateway.refused",
+        }
+    }
+}
+
+/// The gateway in use.
+#[derive(Debug, Clone)]
+pub enum Gateway {
+    Http(HttpGateway),
+    Simulated(Simulated),
+}
+
+impl Gateway {
+    pub async fn charge(&self, request: &ChargeRequest) -> Result<Charge, GatewayError> {
+        match self {
+            Gateway::Http(gateway) => gateway.charge(request).await,
+            Gateway::Simulated(gateway) => Ok(gateway.charge(request)),
+        }
+    }
+
+    /// Whether each charge is a network call (and so worth doing concurrently).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Gateway::Http(_))
+    }
+}
+
+/// Approves every charge, except those above `decline_above` when it is set.
+#[derive(Debug, Clone, Default)]
+pub struct Simulated {
+    pub decline_above: Option<Decimal>,
+}
+
+impl Simulated {
+    fn charge(&self, request: &ChargeRequest) -> Charge {
+        match self.decline_above {
+            Some(limit) if request.amount.value() > limit => Charge::Declined {
+                reason: format!("amount above the simulated limit of {limit}"),
+            },
+            _ => Charge::Approved {
+                reference: format!("sim-{}", request.order_id),
+            },
+        }
+    }
+}
+
+/// A gateway over HTTP, every call bounded by a timeout.
+#[derive(Debug, Clone)]
+pub struct HttpGateway {
+    client: reqwest::Client,
+    charges_url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+enum Answer {
+    Approved { reference: String },
+    Declined { reason: String },
+}
+
+#[derive(Deserialize)]
+struct DeclineBody {
+    reason: Option<String>,
+}
+
+impl HttpGateway {
+    /// `base_url` is the gateway's root (`http://host:port`); `timeout` bounds each call,
+    /// from connecting to reading the whole answer.
+    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()?;
+        Ok(Self {
+            client,
+            charges_url: format!("{}/charges", base_url.trim_end_matches('/')),
+        })
+    }
+
+    async fn charge(&self, request: &ChargeRequest) -> Result<Charge, GatewayError> {
+        let response = self
+            .client
+            .post(&self.charges_url)
+            .header("idempotency-key", request.order_id.to_string())
+            .json(request)
+            .send()
+            .await
+            .map_err(|e| GatewayError::Unavailable(describe(&e)))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::PAYMENT_REQUIRED {
+            let body: DeclineBody = response
+                .json()
+                .await
+                .unwrap_or(DeclineBody { reason: None });
+            return Ok(Charge::Declined {
+                reason: body.reason.unwrap_or_else(|| "declined".into()),
+            });
+        }
+        if status.is_server_error()
+            || status == reqwest::StatusCode::REQUEST_TIMEOUT
+            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        {
+            return Err(GatewayError::Unavailable(format!("answered {status}")));
+        }
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            let text: String = text.chars().take(200).collect();
+            return Err(GatewayError::Refused(format!("answered {status}: {text}")));
+        }
+        // An unreadable success may still have charged: retrying with the same key is
+        // safe, so it counts as unavailable rather than refused.
+        match response.json::<Answer>().await {
+            Ok(Answer::Approved { reference }) => Ok(Charge::Approved { reference }),
+            Ok(Answer::Declined { reason }) => Ok(Charge::Declined { reason }),
+            Err(e) => Err(GatewayError::Unavailable(format!(
+                "unreadable answer ({status}): {}",
+                describe(&e)
+            ))),
+        }
+    }
+}
+
+fn describe(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "timed out".into()
+    } else if error.is_connect() {
+        format!("cannot connect: {error}")
+    } else {
+        error.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(amount: &str) -> ChargeRequest {
+        ChargeRequest {
+            order_id: Uuid::now_v7(),
+            amount: amount.parse().unwrap(),
+            currency: Currency::USD,
+        }
+    }
+
+    #[test]
+    fn the_simulated_gateway_declines_only_above_its_limit() {
+        let gateway = Simulated {
+            decline_above: Some("100.00".parse().unwrap()),
+        };
+        assert!(matches!(
+            gateway.charge(&request("100.00")),
+            Charge::Approved { .. }
+        ));
+        assert!(matches!(
+            gateway.charge(&request("100.01")),
+            Charge::Declined { .. }
+        ));
+        let approving = Simulated::default();
+        assert!(matches!(
+            approving.charge(&request("999999.99")),
+            Charge::Approved { .. }
+        ));
+    }
+}
