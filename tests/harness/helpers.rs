@@ -139,16 +139,35 @@ pub async fn payment_service_on(
     bootstrap: &str,
     prefix: &str,
 ) -> RunningService {
-    let config = payment_service::Config::for_test(&db.url, bootstrap, prefix);
+    let mut config = payment_service::Config::for_test(&db.url, bootstrap, prefix);
+    config.kafka.batch_size = 200;
     running_payment_service(db, config).await
 }
 
-/// payment-service with a configuration of the test's own.
+/// payment-service settings for fault tests: the gateway at `gateway` (the simulated one
+/// if `None`), calls bounded by 500 ms, 3 attempts with short pauses between them.
+pub fn payment_config(
+    db: &testkit::TestDatabase,
+    bootstrap: &str,
+    prefix: &str,
+    gateway: Option<&str>,
+) -> payment_service::Config {
+    let mut config = payment_service::Config::for_test(&db.url, bootstrap, prefix);
+    config.gateway_url = gateway.map(str::to_owned);
+    config.gateway_timeout_ms = 500;
+    config.db_acquire_timeout_secs = 2;
+    config.kafka.batch_size = 200;
+    config.kafka.max_attempts = 3;
+    config.kafka.retry_delay_ms = 50;
+    config.kafka.max_retry_delay_ms = 1000;
+    config
+}
+
+/// payment-service with a configuration of the test's own, used as it is.
 pub async fn running_payment_service(
     db: testkit::TestDatabase,
-    mut config: payment_service::Config,
+    config: payment_service::Config,
 ) -> RunningService {
-    config.kafka.batch_size = 200;
     let topics = config.topics();
     let app = payment_service::Application::build(config)
         .await
@@ -213,5 +232,53 @@ where
     while !check().await {
         assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `count` distinct order.created events, as the order-service would publish them.
+pub fn order_created_records(count: usize) -> Vec<testkit::Record> {
+    (0..count)
+        .map(|i| {
+            let order_id = uuid::Uuid::now_v7();
+            let event = events::OrderCreated::event(
+                order_id,
+                format!("{}.50", 1 + i).parse().expect("amount"),
+                events::Currency::USD,
+            );
+            testkit::Record::new(serde_json::to_vec(&event).expect("json"))
+                .key(order_id.to_string())
+        })
+        .collect()
+}
+
+/// Produces `records` to `topic`, in order, each acknowledged.
+pub async fn produce_all(kafka: &testkit::kafka::Kafka, topic: &str, records: &[testkit::Record]) {
+    for record in records {
+        kafka.produce(topic, record).await.expect("produce");
+    }
+}
+
+/// Records on `topic` now (all partitions).
+pub async fn records_on(kafka: &testkit::kafka::Kafka, topic: &str) -> i64 {
+    kafka.record_count(topic).await.expect("record count")
+}
+
+impl RunningService {
+    /// Payments of this (payment-service) database with `status`.
+    pub async fn payments_with(&self, status: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = $1")
+            .bind(status)
+            .fetch_one(self.db.pool())
+            .await
+            .expect("count payments")
+    }
+
+    /// Orders of this (order-service) database with `status`.
+    pub async fn orders_with(&self, status: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = $1")
+            .bind(status)
+            .fetch_one(self.db.pool())
+            .await
+            .expect("count orders")
     }
 }

@@ -10,4 +10,5 @@ mod no_engine;
 mod order_flow;
 mod orders_api;
 mod outbox_relay;
+mod payment_gateway;
 mod postgres_isolation;

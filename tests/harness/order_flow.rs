@@ -4,15 +4,15 @@
 
 use std::time::Duration;
 
-use events::{Currency, Envelope, EventType, OrderCreated, Topics};
+use events::{Currency, Envelope, EventType, Topics};
 use futures::StreamExt;
 use serde_json::Value;
 use testkit::{kafka, Record};
 use uuid::Uuid;
 
 use crate::helpers::{
-    eventually, order_service, payment_service, payment_service_on, topic_prefix, within,
-    RunningService, MINUTES_5,
+    eventually, order_created_records, order_service, payment_service, payment_service_on,
+    topic_prefix, within, RunningService, MINUTES_5,
 };
 
 async fn paid_orders(orders: &RunningService) -> i64 {
@@ -41,21 +41,6 @@ async fn post_orders(orders: &RunningService, count: usize) -> Vec<String> {
         .buffer_unordered(16)
         .collect()
         .await
-}
-
-/// `count` distinct order.created events, as the order-service would publish them.
-fn order_created_records(count: usize) -> Vec<Record> {
-    (0..count)
-        .map(|i| {
-            let order_id = Uuid::now_v7();
-            let event = OrderCreated::event(
-                order_id,
-                format!("{}.50", 1 + i).parse().expect("amount"),
-                Currency::USD,
-            );
-            Record::new(serde_json::to_vec(&event).expect("json")).key(order_id.to_string())
-        })
-        .collect()
 }
 
 #[tokio::test]

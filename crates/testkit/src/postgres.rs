@@ -4,6 +4,7 @@
 //! [`TestDatabase`] is a new database created with `CREATE DATABASE`, so tests run in
 //! parallel without seeing each other's rows, and is dropped `WITH (FORCE)` afterwards.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -27,8 +28,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PostgresServer {
     /// Connection options for the server's maintenance database, as a superuser.
     admin: PgConnectOptions,
-    /// Kept so the container lives as long as the process; `None` in external mode.
-    _container: Option<ContainerAsync<Postgres>>,
+    /// Kept so the container lives as long as its owner; `None` in external mode.
+    _container: Option<Arc<ContainerAsync<Postgres>>>,
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        // Removed on the test kit's runtime, whatever runtime the owner was on.
+        if let Some(container) = self._container.take() {
+            spawn_detached(async move { drop(container) });
+        }
+    }
 }
 
 /// The server of this test binary, started on first use.
@@ -52,10 +62,39 @@ impl PostgresServer {
                 _container: None,
             });
         }
-        on_testkit(Self::start_container()).await
+        on_testkit(Self::start_container(0)).await
     }
 
-    async fn start_container() -> Result<Self> {
+    /// A server of the caller's own, removed when dropped: for tests that stop it. Its
+    /// host port is fixed, so its address stays the same across [`Self::stop`] and
+    /// [`Self::start`]. Needs a container engine, also in external mode.
+    pub async fn dedicated() -> Result<Self> {
+        let port = engine::free_port()?;
+        on_testkit(Self::start_container(port)).await
+    }
+
+    /// Stops the server (a fast shutdown: SIGTERM, then SIGKILL after 10 s). Clients see
+    /// their connections refused until [`Self::start`].
+    pub async fn stop(&self) -> Result<()> {
+        let container = self.container()?;
+        on_testkit(async move { Ok(container.stop_with_timeout(Some(10)).await?) }).await
+    }
+
+    /// Starts a stopped server again and waits until it accepts connections.
+    pub async fn start(&self) -> Result<()> {
+        let container = self.container()?;
+        on_testkit(async move { Ok::<(), Error>(container.start().await?) }).await?;
+        wait_until_accepting(&self.admin).await
+    }
+
+    fn container(&self) -> Result<Arc<ContainerAsync<Postgres>>> {
+        self._container.clone().ok_or_else(|| {
+            Error::Unsupported("an external PostgreSQL cannot be stopped by the test kit".into())
+        })
+    }
+
+    /// `port` 0 lets the engine choose the host port.
+    async fn start_container(port: u16) -> Result<Self> {
         engine::docker().await?;
         let image = postgres_image();
         let request = Postgres::default()
@@ -65,7 +104,7 @@ impl PostgresServer {
             // start their own server.
             .with_cmd(["-c", "fsync=off", "-c", "max_connections=500"])
             .with_startup_timeout(STARTUP_TIMEOUT);
-        let request = bind_loopback(labelled(request), &[(5432, 0)]);
+        let request = bind_loopback(labelled(request), &[(5432, port)]);
         let container = request.start().await.map_err(|source| Error::Start {
             what: "PostgreSQL".into(),
             image: image.to_string(),
@@ -81,7 +120,7 @@ impl PostgresServer {
         wait_until_accepting(&admin).await?;
         Ok(Self {
             admin,
-            _container: Some(container),
+            _container: Some(Arc::new(container)),
         })
     }
 
