@@ -5,7 +5,18 @@ use std::time::Duration;
 
 /// Runs a test body with an upper bound on its time, so a hung broker fails the test
 /// instead of hanging CI.
+/// Also shows the services' logs (warnings and errors, or what `RUST_LOG` asks for) in
+/// the output of a test that fails.
 pub async fn within<T>(limit: Duration, body: impl Future<Output = T>) -> T {
+    static LOGS: std::sync::Once = std::sync::Once::new();
+    LOGS.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "warn,librdkafka=off,rdkafka=off".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
     match tokio::time::timeout(limit, body).await {
         Ok(out) => out,
         Err(_) => panic!("the test did not finish within {limit:?}"),
@@ -253,9 +264,7 @@ pub fn order_created_records(count: usize) -> Vec<testkit::Record> {
 
 /// Produces `records` to `topic`, in order, each acknowledged.
 pub async fn produce_all(kafka: &testkit::kafka::Kafka, topic: &str, records: &[testkit::Record]) {
-    for record in records {
-        kafka.produce(topic, record).await.expect("produce");
-    }
+    kafka.produce_all(topic, records).await.expect("produce");
 }
 
 /// Records on `topic` now (all partitions).

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod dead_letters;
 mod kafka_cluster;
 mod kafka_roundtrip;
 mod no_engine;

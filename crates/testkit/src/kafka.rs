@@ -379,6 +379,16 @@ impl Kafka {
         produce_with(&producer, topic, record).await
     }
 
+    /// Produces `records` with one producer, in order (the idempotent producer keeps it),
+    /// and waits until each is acknowledged. Returns where each one was written.
+    pub async fn produce_all(&self, topic: &str, records: &[Record]) -> Result<Vec<(i32, i64)>> {
+        let producer = self.producer()?;
+        let sends = records
+            .iter()
+            .map(|record| produce_with(&producer, topic, record));
+        futures::future::try_join_all(sends).await
+    }
+
     /// Reads `count` records from the start of `topic` with a fresh consumer group, or fails
     /// after `timeout` saying how many arrived. Records come in the order read (per
     /// partition, in offset order).

@@ -1,0 +1,574 @@
+//! Poison and dead letters: every message that can never be processed lands on
+//! `<topic>.DLT` unchanged, with headers saying where it came from and why; the good
+//! messages around it are processed once and in order; a stream of nothing but poison
+//! stops the consumer instead of emptying into its DLT; and a dead letter whose cause is
+//! fixed is replayed with `redrive` and processed once, however often it is replayed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use consumer::dead_letter::headers;
+use consumer::{BatchHandler, ConsumerConfig, Incoming, Outcome, Transient};
+use events::{Currency, OrderCreated, Topics};
+use payment_service::gateway::{Gateway, Simulated};
+use payment_service::orders_in::OrderCreatedHandler;
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::TestRunner;
+use serde_json::{json, Value};
+use testkit::Record;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::{
+    eventually, fresh_database, order_created_records, payment_config, produce_all, records_on,
+    running_payment_service, topic_prefix, within, MINUTES_2, MINUTES_5,
+};
+
+/// A good order.created event, as JSON to mutate into poison.
+fn good_event() -> Value {
+    let event = OrderCreated::event(
+        Uuid::now_v7(),
+        "10.00".parse().expect("amount"),
+        Currency::USD,
+    );
+    serde_json::to_value(&event).expect("json")
+}
+
+fn with(mut event: Value, pointer: &str, value: Value) -> Vec<u8> {
+    *event.pointer_mut(pointer).expect("field") = value;
+    serde_json::to_vec(&event).expect("json")
+}
+
+fn without(mut event: Value, parent: &str, field: &str) -> Vec<u8> {
+    let object = if parent.is_empty() {
+        &mut event
+    } else {
+        event.pointer_mut(parent).expect("parent")
+    };
+    object.as_object_mut().expect("object").remove(field);
+    serde_json::to_vec(&event).expect("json")
+}
+
+/// Payloads that can never be an order.created this code processes, one kind each.
+fn poison() -> impl Strategy<Value = Option<Vec<u8>>> {
+    let fields = prop::sample::select(vec![
+        ("", "event_id"),
+        ("", "event_type"),
+        ("", "schema_version"),
+        ("", "occurred_at"),
+        ("", "correlation_id"),
+        ("", "payload"),
+        ("/payload", "order_id"),
+        ("/payload", "amount"),
+        ("/payload", "currency"),
+    ]);
+    let wrong_types = prop::sample::select(vec![
+        ("/event_id", json!(42)),
+        ("/schema_version", json!("1")),
+        ("/occurred_at", json!(true)),
+        ("/payload", json!([1, 2, 3])),
+        ("/payload/order_id", json!({"id": 1})),
+        ("/payload/amount", json!("ten")),
+        ("/payload/currency", json!(840)),
+    ]);
+    let numbers = prop::sample::select(vec![
+        "1e400",
+        "-5.00",
+        "0",
+        "0.001",
+        "1000000.01",
+        "123456789012345678901234567890.12",
+        "NaN",
+        "18446744073709551616",
+    ]);
+    let odd_text = prop::sample::select(vec![
+        "usd",
+        "€UR",
+        "U\u{301}SD",
+        "\u{202E}DSU",
+        "US\u{0}",
+        "🙂🙂🙂",
+        "",
+    ]);
+    prop_oneof![
+        // Arbitrary bytes, empty ones and no value at all (a tombstone) included.
+        prop::collection::vec(any::<u8>(), 0..300).prop_map(Some),
+        Just(None),
+        // A good event cut short anywhere.
+        any::<prop::sample::Index>().prop_map(|at| {
+            let bytes = serde_json::to_vec(&good_event()).expect("json");
+            Some(bytes[..at.index(bytes.len())].to_vec())
+        }),
+        // Deeply nested JSON, beyond any sane depth.
+        (1usize..3000).prop_map(|depth| Some(
+            format!("{}{}", "[".repeat(depth), "]".repeat(depth)).into_bytes()
+        )),
+        (1usize..1000).prop_map(|depth| {
+            Some(format!("{}1{}", r#"{"payload":"#.repeat(depth), "}".repeat(depth)).into_bytes())
+        }),
+        wrong_types.prop_map(|(pointer, value)| Some(with(good_event(), pointer, value))),
+        // Numbers out of range, too precise, or too large for any type.
+        numbers.prop_map(|n| {
+            let text = serde_json::to_string(&good_event())
+                .expect("json")
+                .replace("10.00", n);
+            Some(text.into_bytes())
+        }),
+        odd_text
+            .clone()
+            .prop_map(|c| Some(with(good_event(), "/payload/currency", json!(c)))),
+        odd_text.prop_map(|t| Some(with(
+            good_event(),
+            "/event_type",
+            json!(format!("order.created{t}x"))
+        ))),
+        fields.prop_map(|(parent, field)| Some(without(good_event(), parent, field))),
+        prop::sample::select(vec!["", "/payload"]).prop_map(|parent| {
+            let mut event = good_event();
+            let object = if parent.is_empty() {
+                &mut event
+            } else {
+                event.pointer_mut(parent).expect("parent")
+            };
+            object
+                .as_object_mut()
+                .expect("object")
+                .insert("unknown".into(), json!(1));
+            Some(serde_json::to_vec(&event).expect("json"))
+        }),
+        Just(Some(with(good_event(), "/schema_version", json!(2)))),
+        Just(Some(with(
+            good_event(),
+            "/event_type",
+            json!("payment.completed")
+        ))),
+    ]
+}
+
+/// One message of a generated stream: a good event or poison, under one of a few keys.
+#[derive(Debug, Clone)]
+enum Item {
+    Good,
+    Poison(Option<Vec<u8>>),
+}
+
+fn stream() -> impl Strategy<Value = Vec<(Item, u8)>> {
+    let item = prop_oneof![3 => Just(Item::Good), 2 => poison().prop_map(Item::Poison)];
+    prop::collection::vec((item, 0u8..4), 60..120)
+}
+
+/// The real handler, plus a record of which messages it applied, in order.
+struct Recording {
+    inner: OrderCreatedHandler,
+    applied: Arc<Mutex<Vec<(Vec<u8>, i64)>>>,
+}
+
+impl BatchHandler for Recording {
+    async fn handle(&self, batch: &[Incoming]) -> Result<Vec<Outcome>, Transient> {
+        let outcomes = self.inner.handle(batch).await?;
+        let mut applied = self.applied.lock().expect("lock");
+        for (message, outcome) in batch.iter().zip(&outcomes) {
+            if *outcome == Outcome::Done {
+                applied.push((message.key.clone().unwrap_or_default(), message.offset));
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+/// A payment-service handler on a fresh database, with the simulated gateway.
+async fn handler(db: &testkit::TestDatabase, topics: &Topics) -> OrderCreatedHandler {
+    payment_service::MIGRATOR
+        .run(db.pool())
+        .await
+        .expect("migrations");
+    OrderCreatedHandler {
+        pool: db.pool().clone(),
+        topics: topics.clone(),
+        gateway: Gateway::Simulated(Simulated::default()),
+        gateway_concurrency: 1,
+    }
+}
+
+async fn create_topics(kafka: &testkit::kafka::Kafka, topic: &str) {
+    kafka.create_topic(topic, 3, 1).await.expect("topic");
+    kafka
+        .create_topic(&consumer::dead_letter_topic(topic), 3, 1)
+        .await
+        .expect("DLT");
+}
+
+#[tokio::test]
+async fn poison_goes_to_the_dlt_unchanged_and_good_events_are_processed_once_in_order() {
+    within(MINUTES_5, async {
+        let kafka = testkit::kafka::broker().await.expect("kafka");
+        // Each case needs Kafka and PostgreSQL, so a few generated cases, not hundreds.
+        let mut runner = TestRunner::default();
+        for case in 0..3 {
+            let items = stream().new_tree(&mut runner).expect("generate").current();
+            check_poison_mix(kafka.client(), case, &items).await;
+        }
+    })
+    .await;
+}
+
+async fn check_poison_mix(kafka: &testkit::kafka::Kafka, case: usize, items: &[(Item, u8)]) {
+    let topics = Topics::with_prefix(&topic_prefix());
+    create_topics(kafka, &topics.order_created).await;
+    let db = fresh_database().await;
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    let recording = Recording {
+        inner: handler(&db, &topics).await,
+        applied: applied.clone(),
+    };
+
+    // Produce the stream; remember where each message went.
+    let records: Vec<Record> = items
+        .iter()
+        .enumerate()
+        .map(|(i, (item, key))| {
+            let record = match item {
+                Item::Good => order_created_records(1).remove(0),
+                Item::Poison(payload) => Record {
+                    payload: payload.clone(),
+                    ..Record::default()
+                },
+            };
+            Record {
+                key: Some(format!("customer-{key}").into_bytes()),
+                ..record
+            }
+            .header("trace-id", format!("case-{case}-message-{i}"))
+        })
+        .collect();
+    let written = kafka
+        .produce_all(&topics.order_created, &records)
+        .await
+        .expect("produce");
+    let mut poison = Vec::new(); // (record, partition, offset)
+    let mut good = Vec::new(); // (order id, key, offset)
+    for (((item, key), record), (partition, offset)) in items.iter().zip(records).zip(written) {
+        match item {
+            Item::Good => {
+                let event: Value =
+                    serde_json::from_slice(record.payload.as_deref().expect("payload"))
+                        .expect("json");
+                let order_id: Uuid = event["payload"]["order_id"]
+                    .as_str()
+                    .expect("id")
+                    .parse()
+                    .expect("uuid");
+                good.push((order_id, format!("customer-{key}"), offset));
+            }
+            Item::Poison(_) => poison.push((record, partition, offset)),
+        }
+    }
+
+    let mut config = ConsumerConfig::new(
+        kafka.bootstrap(),
+        "payment-service",
+        &[&topics.order_created],
+    );
+    config.batch_size = 7; // many batches, poison at every position in them
+    config.dlt_max_ratio = 1.0; // this stream is poison by design
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(consumer::run(config, recording, stop.clone()));
+
+    let dlt = consumer::dead_letter_topic(&topics.order_created);
+    let letters = kafka
+        .read_topic(&dlt, poison.len(), MINUTES_2)
+        .await
+        .expect("dead letters");
+    eventually(MINUTES_2, "every good event paid", || async {
+        let paid: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+            .fetch_one(db.pool())
+            .await
+            .expect("count");
+        paid == good.len() as i64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // anything extra would show now
+    stop.cancel();
+    let stats = running
+        .await
+        .expect("consumer task")
+        .expect("the consumer never stopped by itself");
+
+    // Every poison record, unchanged, on the same partition, with its diagnostics.
+    assert_eq!(letters.len(), poison.len());
+    assert_eq!(
+        records_on(kafka, &dlt).await,
+        poison.len() as i64,
+        "no other dead letters"
+    );
+    let by_origin: HashMap<(i32, i64), &Record> = letters
+        .iter()
+        .map(|l| {
+            let text = |n: &str| {
+                String::from_utf8_lossy(l.header_value(n).unwrap_or_default()).into_owned()
+            };
+            (
+                (
+                    text(headers::ORIGINAL_PARTITION)
+                        .parse()
+                        .expect("partition"),
+                    text(headers::ORIGINAL_OFFSET).parse().expect("offset"),
+                ),
+                l,
+            )
+        })
+        .collect();
+    for (record, partition, offset) in &poison {
+        let letter = by_origin
+            .get(&(*partition, *offset))
+            .unwrap_or_else(|| panic!("no dead letter for {offset}: {record:?}"));
+        let header = |n: &str| {
+            String::from_utf8_lossy(letter.header_value(n).unwrap_or_default()).into_owned()
+        };
+        assert_eq!(letter.partition, *partition, "same partition as the source");
+        assert_eq!(letter.key, record.key);
+        assert_eq!(
+            letter.payload.clone().unwrap_or_default(),
+            record.payload.clone().unwrap_or_default(),
+            "unchanged bytes"
+        );
+        assert_eq!(
+            &letter.headers[..record.headers.len()],
+            &record.headers[..],
+            "original headers first, unchanged"
+        );
+        assert_eq!(header(headers::ORIGINAL_TOPIC), topics.order_created);
+        assert_eq!(header(headers::ORIGINAL_CONSUMER_GROUP), "payment-service");
+        assert!(
+            header(headers::ERROR_CLASS).starts_with("poison."),
+            "{}",
+            header(headers::ERROR_CLASS)
+        );
+        assert!(!header(headers::ERROR_MESSAGE).is_empty());
+        assert_eq!(header(headers::ATTEMPTS), "1", "poison is not retried");
+        assert!(header(headers::ORIGINAL_TIMESTAMP).parse::<i64>().is_ok());
+        assert!(
+            !header(headers::FIRST_FAILURE).is_empty() && !header(headers::LAST_FAILURE).is_empty()
+        );
+    }
+    assert_eq!(
+        stats.dead_lettered.values().sum::<u64>(),
+        poison.len() as u64
+    );
+    assert!(
+        stats.retried.is_empty(),
+        "poison is never retried: {:?}",
+        stats.retried
+    );
+
+    // Every good event once, and each key's events in the order they were produced.
+    let orders: Vec<Uuid> = sqlx::query_scalar("SELECT order_id FROM payments")
+        .fetch_all(db.pool())
+        .await
+        .expect("payments");
+    let mut expected: Vec<Uuid> = good.iter().map(|(id, _, _)| *id).collect();
+    let mut got = orders.clone();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected, "each good event paid exactly once");
+    let applied = applied.lock().expect("lock").clone();
+    for key in 0..4 {
+        let key = format!("customer-{key}");
+        let order: Vec<i64> = applied
+            .iter()
+            .filter(|(k, _)| *k == key.as_bytes())
+            .map(|(_, o)| *o)
+            .collect();
+        let produced: Vec<i64> = good
+            .iter()
+            .filter(|(_, k, _)| *k == key)
+            .map(|(_, _, o)| *o)
+            .collect();
+        assert_eq!(
+            order, produced,
+            "{key}: applied in produced order, once each"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_dead_letter_guard_stops_a_consumer_fed_only_poison_and_says_why() {
+    within(MINUTES_2, async {
+        let kafka = testkit::kafka::broker().await.expect("kafka");
+        let prefix = topic_prefix();
+        let db = fresh_database().await;
+        let mut config = payment_config(&db, kafka.bootstrap(), &prefix, None);
+        config.kafka.dlt_window = 20;
+        config.kafka.dlt_max_ratio = 0.5;
+        let topics = config.topics();
+        let app = payment_service::Application::build(config)
+            .await
+            .expect("build");
+        let poison: Vec<Record> = (0..200)
+            .map(|i| Record::new(format!("not an event {i}")).key(format!("k{i}")))
+            .collect();
+        produce_all(kafka.client(), &topics.order_created, &poison).await;
+
+        // The service stops by itself, with the reason.
+        let ended = tokio::time::timeout(MINUTES_2, app.run_until_stopped(std::future::pending()))
+            .await
+            .expect("the service stops by itself");
+        let error = format!(
+            "{:#}",
+            ended.expect_err("the guard stops the service with an error")
+        );
+        assert!(error.contains("dead-letter guard"), "{error}");
+        assert!(error.contains("of the last 20 messages"), "{error}");
+        assert!(error.contains("CONSUMER_DLT_MAX_RATIO"), "{error}");
+        assert!(error.contains("poison.invalid"), "{error}");
+
+        // It did not empty the topic into the DLT, and committed only what it dead-lettered.
+        let dlt = consumer::dead_letter_topic(&topics.order_created);
+        let dead = records_on(kafka.client(), &dlt).await;
+        assert!(
+            dead < 20,
+            "{dead} dead letters: the guard should trip within one window"
+        );
+        let committed = kafka
+            .client()
+            .committed_total("payment-service", &topics.order_created)
+            .await
+            .expect("committed");
+        assert_eq!(
+            committed, dead,
+            "what was not dead-lettered is not committed either"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_replayed_after_the_gateway_recovers_is_paid_once_however_often_it_is_replayed(
+) {
+    within(MINUTES_5, async {
+        let kafka = testkit::kafka::broker().await.expect("kafka");
+        let gateway = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/charges"))
+            .respond_with(ResponseTemplate::new(503))
+            .mount(&gateway)
+            .await;
+        let db = fresh_database().await;
+        let prefix = topic_prefix();
+        let config = payment_config(&db, kafka.bootstrap(), &prefix, Some(&gateway.uri()));
+        let payments = running_payment_service(db, config).await;
+        let topics = payments.topics.clone();
+        let records = order_created_records(3);
+        produce_all(kafka.client(), &topics.order_created, &records).await;
+        // One poison record too: a replay by class must leave it where it is.
+        produce_all(
+            kafka.client(),
+            &topics.order_created,
+            &[Record::new("garbage").key("g")],
+        )
+        .await;
+
+        let dlt = consumer::dead_letter_topic(&topics.order_created);
+        eventually(MINUTES_2, "all four dead-lettered", || async {
+            records_on(kafka.client(), &dlt).await == 4
+        })
+        .await;
+        assert_eq!(payments.count("payments").await, 0);
+
+        let all = redrive::read(
+            kafka.bootstrap(),
+            &dlt,
+            &redrive::Filter::default(),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("read the DLT");
+        assert_eq!(
+            redrive::summary(&all),
+            [
+                ("gateway.unavailable".to_owned(), 3),
+                ("poison.invalid".to_owned(), 1)
+            ]
+            .into(),
+        );
+
+        // The gateway recovers; the unavailable ones are replayed.
+        gateway.reset().await;
+        Mock::given(method("POST"))
+            .and(path("/charges"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"status": "approved", "reference": "ch"})),
+            )
+            .mount(&gateway)
+            .await;
+        let selected = redrive::Filter {
+            class: Some("gateway.unavailable".into()),
+            ..Default::default()
+        };
+        let letters = redrive::read(kafka.bootstrap(), &dlt, &selected, Duration::from_secs(30))
+            .await
+            .expect("read");
+        assert_eq!(letters.len(), 3);
+        let mut progress = 0;
+        let replayed = redrive::replay(kafka.bootstrap(), &letters, None, |_| progress += 1)
+            .await
+            .expect("replay");
+        assert_eq!((replayed, progress), (3, 3));
+        eventually(MINUTES_2, "the three orders paid", || async {
+            payments.payments_with("COMPLETED").await == 3
+        })
+        .await;
+
+        // A second replay changes nothing: once it has been consumed, still three payments
+        // and three payment.completed.
+        redrive::replay(kafka.bootstrap(), &letters, None, |_| {})
+            .await
+            .expect("replay again");
+        let consumed = 4 + 3 + 3;
+        eventually(MINUTES_2, "the second replay consumed", || async {
+            kafka
+                .client()
+                .committed_total("payment-service", &topics.order_created)
+                .await
+                .unwrap_or(0)
+                == consumed
+        })
+        .await;
+        assert_eq!(payments.count("payments").await, 3);
+        assert_eq!(payments.count("outbox").await, 3);
+        eventually(MINUTES_2, "three payment.completed published", || async {
+            records_on(kafka.client(), &topics.payment_completed).await == 3
+        })
+        .await;
+        assert_eq!(
+            records_on(kafka.client(), &dlt).await,
+            4,
+            "nothing dead-lettered again"
+        );
+        let replayed = kafka
+            .client()
+            .read_topic(&topics.order_created, 10, MINUTES_2)
+            .await
+            .expect("source");
+        let redriven: Vec<&Record> = replayed
+            .iter()
+            .filter(|r| r.header_value(redrive::REDRIVEN_FROM).is_some())
+            .collect();
+        assert_eq!(redriven.len(), 6);
+        assert!(redriven.iter().all(|r| r
+            .headers
+            .iter()
+            .all(|(n, _)| !n.starts_with(headers::PREFIX))));
+        assert!(records.iter().all(|r| redriven
+            .iter()
+            .filter(|d| d.payload == r.payload && d.key == r.key)
+            .count()
+            == 2));
+    })
+    .await;
+}
