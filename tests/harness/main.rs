@@ -10,6 +10,7 @@ mod kafka_roundtrip;
 mod no_engine;
 mod order_flow;
 mod orders_api;
+mod outages;
 mod outbox_relay;
 mod payment_gateway;
 mod postgres_isolation;
