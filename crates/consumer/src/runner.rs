@@ -64,6 +64,7 @@ pub async fn run<H: BatchHandler>(
             first_offset = batch[0].offset,
             size = batch.len(),
         );
+        let retried_before = stats.retried.values().sum::<u64>();
         // Stopped before the batch was settled: its offsets stay uncommitted.
         let Some(failed) = settle(&handler, &batch, &config, &stop, &mut stats)
             .instrument(span.clone())
@@ -109,6 +110,9 @@ pub async fn run<H: BatchHandler>(
                     "dead-lettered"
                 );
             }
+        }
+        // Operators see the running counts whenever they change.
+        if !failed.is_empty() || stats.retried.values().sum::<u64>() != retried_before {
             tracing::warn!(
                 parent: &span,
                 dead_lettered = ?stats.dead_lettered, retried = ?stats.retried,
