@@ -161,10 +161,13 @@ fn stream() -> impl Strategy<Value = Vec<(Item, u8)>> {
     prop::collection::vec((item, 0u8..4), 60..120)
 }
 
+/// The key and offset of each message a handler applied, in the order applied.
+type Applied = Arc<Mutex<Vec<(Vec<u8>, i64)>>>;
+
 /// The real handler, plus a record of which messages it applied, in order.
 struct Recording {
     inner: OrderCreatedHandler,
-    applied: Arc<Mutex<Vec<(Vec<u8>, i64)>>>,
+    applied: Applied,
 }
 
 impl BatchHandler for Recording {
