@@ -60,7 +60,7 @@ ps:
 # Dead letters: `just redrive list order.created.DLT`, `just redrive replay … --dry-run` (see --help)
 [group('operate')]
 redrive *ARGS:
-    cargo run --quiet -p redrive -- {{ARGS}}
+    @cargo run --quiet -p redrive -- {{ARGS}}
 
 # Run the whole suite on real Kafka and PostgreSQL; fails if it leaves a container behind
 [group('test')]

@@ -130,7 +130,10 @@ async fn main() -> anyhow::Result<()> {
                     letter.locator()
                 );
             }
-            println!("dry run: {} would be replayed, nothing sent", letters.len());
+            println!(
+                "dry run: {} would be replayed, nothing sent",
+                plural(letters.len(), "dead letter")
+            );
         }
         (_, Some((false, to))) => {
             let bar = ProgressBar::new(letters.len() as u64).with_style(
@@ -147,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn print_summary(topic: &str, letters: &[DeadLetter]) {
-    println!("{topic}: {} dead letters selected", letters.len());
+    println!("{topic}: {} selected", plural(letters.len(), "dead letter"));
     for (class, count) in redrive::summary(letters) {
         println!("  {class:<32} {count:>8}");
     }
@@ -192,5 +195,13 @@ fn print_details(letters: &[DeadLetter]) {
             "  value: {}",
             redrive::printable(l.payload.as_deref(), 2000)
         );
+    }
+}
+
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
     }
 }
