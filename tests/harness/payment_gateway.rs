@@ -231,3 +231,45 @@ async fn a_declined_charge_fails_the_payment_and_the_order() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_charge_the_gateway_refuses_is_dead_lettered_at_once() {
+    within(MINUTES_2, async {
+        let kafka = testkit::kafka::broker().await.expect("kafka");
+        let gateway = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/charges"))
+            .respond_with(ResponseTemplate::new(400).set_body_string("unsupported currency"))
+            .mount(&gateway)
+            .await;
+        let db = fresh_database().await;
+        let prefix = topic_prefix();
+        let config = payment_config(&db, kafka.bootstrap(), &prefix, Some(&gateway.uri()));
+        let payments = running_payment_service(db, config).await;
+        let records = order_created_records(1);
+        produce_all(kafka.client(), &payments.topics.order_created, &records).await;
+
+        let dlt = consumer::dead_letter_topic(&payments.topics.order_created);
+        let letters = kafka
+            .client()
+            .read_topic(&dlt, 1, MINUTES_2)
+            .await
+            .expect("the dead letter");
+        let header = |name: &str| {
+            String::from_utf8_lossy(letters[0].header_value(name).unwrap_or_default()).into_owned()
+        };
+        assert_eq!(header(headers::ERROR_CLASS), "gateway.refused");
+        assert!(
+            header(headers::ERROR_MESSAGE).contains("unsupported currency"),
+            "{}",
+            header(headers::ERROR_MESSAGE)
+        );
+        assert_eq!(header(headers::ATTEMPTS), "1", "a refusal is not retried");
+        assert_eq!(
+            gateway.received_requests().await.unwrap_or_default().len(),
+            1
+        );
+        assert_eq!(payments.count("payments").await, 0);
+    })
+    .await;
+}
