@@ -20,12 +20,12 @@ use serde_json::{json, Value};
 use testkit::Record;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::ResponseTemplate;
 
+use crate::gateway_double::{answer_charges, approved, gateway, payment_service_through};
 use crate::helpers::{
-    eventually, fresh_database, order_created_records, payment_config, produce_all, records_on,
-    running_payment_service, topic_prefix, within, MINUTES_2, MINUTES_5,
+    dead_letters, eventually, fresh_database, header_text, order_created_records, payment_config,
+    produce_all, records_on, topic_prefix, within, MINUTES_2, MINUTES_5,
 };
 
 /// A good order.created event, as JSON to mutate into poison.
@@ -281,11 +281,7 @@ async fn check_poison_mix(kafka: &testkit::kafka::Kafka, case: usize, items: &[(
     let stop = CancellationToken::new();
     let running = tokio::spawn(consumer::run(config, recording, stop.clone()));
 
-    let dlt = consumer::dead_letter_topic(&topics.order_created);
-    let letters = kafka
-        .read_topic(&dlt, poison.len(), MINUTES_2)
-        .await
-        .expect("dead letters");
+    let letters = dead_letters(kafka, &topics.order_created, poison.len()).await;
     eventually(MINUTES_2, "every good event paid", || async {
         let paid: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
             .fetch_one(db.pool())
@@ -302,7 +298,7 @@ async fn check_poison_mix(kafka: &testkit::kafka::Kafka, case: usize, items: &[(
         .expect("the consumer never stopped by itself");
 
     // Every poison record, unchanged, on the same partition, with its diagnostics.
-    assert_eq!(letters.len(), poison.len());
+    let dlt = consumer::dead_letter_topic(&topics.order_created);
     assert_eq!(
         records_on(kafka, &dlt).await,
         poison.len() as i64,
@@ -311,27 +307,20 @@ async fn check_poison_mix(kafka: &testkit::kafka::Kafka, case: usize, items: &[(
     let by_origin: HashMap<(i32, i64), &Record> = letters
         .iter()
         .map(|l| {
-            let text = |n: &str| {
-                String::from_utf8_lossy(l.header_value(n).unwrap_or_default()).into_owned()
-            };
-            (
-                (
-                    text(headers::ORIGINAL_PARTITION)
-                        .parse()
-                        .expect("partition"),
-                    text(headers::ORIGINAL_OFFSET).parse().expect("offset"),
-                ),
-                l,
-            )
+            let partition = header_text(l, headers::ORIGINAL_PARTITION)
+                .parse()
+                .expect("partition");
+            let offset = header_text(l, headers::ORIGINAL_OFFSET)
+                .parse()
+                .expect("offset");
+            ((partition, offset), l)
         })
         .collect();
     for (record, partition, offset) in &poison {
         let letter = by_origin
             .get(&(*partition, *offset))
             .unwrap_or_else(|| panic!("no dead letter for {offset}: {record:?}"));
-        let header = |n: &str| {
-            String::from_utf8_lossy(letter.header_value(n).unwrap_or_default()).into_owned()
-        };
+        let header = |name: &str| header_text(letter, name);
         assert_eq!(letter.partition, *partition, "same partition as the source");
         assert_eq!(letter.key, record.key);
         assert_eq!(
@@ -454,16 +443,9 @@ async fn a_dead_letter_replayed_after_the_gateway_recovers_is_paid_once_however_
 ) {
     within(MINUTES_5, async {
         let kafka = testkit::kafka::broker().await.expect("kafka");
-        let gateway = MockServer::start().await;
-        Mock::given(method("POST"))
-            .and(path("/charges"))
-            .respond_with(ResponseTemplate::new(503))
-            .mount(&gateway)
-            .await;
-        let db = fresh_database().await;
-        let prefix = topic_prefix();
-        let config = payment_config(&db, kafka.bootstrap(), &prefix, Some(&gateway.uri()));
-        let payments = running_payment_service(db, config).await;
+        let gateway = gateway().await;
+        answer_charges(&gateway, ResponseTemplate::new(503)).await;
+        let payments = payment_service_through(&gateway, kafka.bootstrap(), &topic_prefix()).await;
         let topics = payments.topics.clone();
         let records = order_created_records(3);
         produce_all(kafka.client(), &topics.order_created, &records).await;
@@ -501,14 +483,7 @@ async fn a_dead_letter_replayed_after_the_gateway_recovers_is_paid_once_however_
 
         // The gateway recovers; the unavailable ones are replayed.
         gateway.reset().await;
-        Mock::given(method("POST"))
-            .and(path("/charges"))
-            .respond_with(
-                ResponseTemplate::new(200)
-                    .set_body_json(json!({"status": "approved", "reference": "ch"})),
-            )
-            .mount(&gateway)
-            .await;
+        answer_charges(&gateway, approved()).await;
         let selected = redrive::Filter {
             class: Some("gateway.unavailable".into()),
             ..Default::default()

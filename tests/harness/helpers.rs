@@ -291,3 +291,32 @@ impl RunningService {
             .expect("count orders")
     }
 }
+
+/// The dead letters of `topic`: exactly `count` of them, or the test fails.
+pub async fn dead_letters(
+    kafka: &testkit::kafka::Kafka,
+    topic: &str,
+    count: usize,
+) -> Vec<testkit::Record> {
+    let dlt = consumer::dead_letter_topic(topic);
+    let letters = kafka
+        .read_topic(&dlt, count, MINUTES_2)
+        .await
+        .expect("dead letters");
+    assert_eq!(
+        records_on(kafka, &dlt).await,
+        count as i64,
+        "no other dead letters"
+    );
+    letters
+}
+
+/// Header `name` of `record` as text; empty if it has none.
+pub fn header_text(record: &testkit::Record, name: &str) -> String {
+    String::from_utf8_lossy(record.header_value(name).unwrap_or_default()).into_owned()
+}
+
+/// The key of `record` as text.
+pub fn key_text(record: &testkit::Record) -> String {
+    String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned()
+}

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod dead_letters;
+mod gateway_double;
 mod kafka_cluster;
 mod kafka_roundtrip;
 mod no_engine;

@@ -5,12 +5,12 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use testkit::kafka::{Kafka, KafkaBroker};
 use testkit::postgres::PostgresServer;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::MockServer;
 
+use crate::gateway_double::{answer_charges, approved, gateway};
 use crate::helpers::{
     eventually, fresh_database, order_created_records, payment_config, produce_all, records_on,
     running_payment_service, topic_prefix, within, RunningService, MINUTES_2, MINUTES_5,
@@ -23,16 +23,8 @@ const DURING: usize = 100;
 /// A gateway that takes 20 ms per charge, so that a stream takes seconds to process and
 /// an outage can start in the middle of it.
 async fn slow_gateway() -> MockServer {
-    let gateway = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/charges"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"status": "approved", "reference": "ch"}))
-                .set_delay(Duration::from_millis(20)),
-        )
-        .mount(&gateway)
-        .await;
+    let gateway = gateway().await;
+    answer_charges(&gateway, approved().set_delay(Duration::from_millis(20))).await;
     gateway
 }
 

@@ -9,13 +9,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio_util::sync::CancellationToken;
 
+use crate::pause::{sleep_unless_stopped, Pauses};
 use crate::{ConsumerConfig, Failure, Incoming};
 
 /// The dead-letter topic of `topic`: `order.created` → `order.created.DLT`.
@@ -98,12 +98,7 @@ impl DeadLetterWriter {
         failed: &[Failed],
         stop: &CancellationToken,
     ) -> bool {
-        let mut delays = ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(self.retry_delay)
-            .with_max_delay(self.max_retry_delay)
-            .without_max_times()
-            .build();
+        let mut pauses = Pauses::new(self.retry_delay, self.max_retry_delay);
         let mut pending: Vec<&Failed> = failed.iter().collect();
         while !pending.is_empty() {
             let mut deliveries = Vec::with_capacity(pending.len());
@@ -148,12 +143,8 @@ impl DeadLetterWriter {
                 }
             }
             pending = again;
-            if !pending.is_empty() {
-                let delay = delays.next().unwrap_or(self.max_retry_delay);
-                tokio::select! {
-                    () = stop.cancelled() => return false,
-                    () = tokio::time::sleep(delay) => {}
-                }
+            if !pending.is_empty() && !sleep_unless_stopped(pauses.next_delay(), stop).await {
+                return false;
             }
         }
         true
@@ -189,13 +180,7 @@ impl DeadLetterWriter {
     }
 
     fn headers(&self, message: &Incoming, failed: &Failed) -> OwnedHeaders {
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 11);
-        for (name, value) in &message.headers {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value.as_slice()),
-            });
-        }
+        let mut headers = owned_headers(&message.headers);
         let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
         let added = [
             (headers::ORIGINAL_TOPIC, message.topic.clone()),
@@ -221,6 +206,19 @@ impl DeadLetterWriter {
         }
         headers
     }
+}
+
+/// Kafka headers with these names and values, in order.
+pub fn owned_headers(headers: &[(String, Vec<u8>)]) -> OwnedHeaders {
+    headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |all, (name, value)| {
+            all.insert(Header {
+                key: name,
+                value: Some(value.as_slice()),
+            })
+        },
+    )
 }
 
 /// Stops a consumer when too large a share of recent messages would be dead-lettered

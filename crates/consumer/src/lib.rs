@@ -29,6 +29,7 @@
 use std::collections::BTreeMap;
 
 pub mod dead_letter;
+mod pause;
 mod runner;
 mod settings;
 mod topics;

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use futures::StreamExt;
 use rdkafka::config::ClientConfig;
@@ -17,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::dead_letter::{DeadLetterGuard, DeadLetterWriter, Failed};
+use crate::pause::{sleep_unless_stopped, Pauses};
 use crate::{BatchHandler, ConsumerConfig, ConsumerError, Incoming, Outcome, Stats};
 
 /// Consumes until `stop` is cancelled, then commits what was processed and returns.
@@ -159,12 +159,7 @@ async fn settle<H: BatchHandler>(
     stop: &CancellationToken,
     stats: &mut Stats,
 ) -> Option<Vec<Failed>> {
-    let mut delays = ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(config.retry_delay)
-        .with_max_delay(config.max_retry_delay)
-        .without_max_times()
-        .build();
+    let mut pauses = Pauses::new(config.retry_delay, config.max_retry_delay);
     let mut failed = Vec::new();
     let mut first_failure = HashMap::new();
     // The indices still to settle; all of them in the first round.
@@ -209,10 +204,8 @@ async fn settle<H: BatchHandler>(
             failed.sort_by_key(|f| f.index);
             return Some(failed);
         }
-        let delay = delays.next().unwrap_or(config.max_retry_delay);
-        tokio::select! {
-            () = stop.cancelled() => return None,
-            () = tokio::time::sleep(delay) => {}
+        if !sleep_unless_stopped(pauses.next_delay(), stop).await {
+            return None;
         }
         pending = again;
         attempt += 1;
@@ -229,12 +222,7 @@ async fn apply<H: BatchHandler>(
     stop: &CancellationToken,
     stats: &mut Stats,
 ) -> Option<Vec<Outcome>> {
-    let mut delays = ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(config.retry_delay)
-        .with_max_delay(config.max_retry_delay)
-        .without_max_times()
-        .build();
+    let mut pauses = Pauses::new(config.retry_delay, config.max_retry_delay);
     loop {
         match handler.handle(messages).await {
             Ok(mut outcomes) => {
@@ -252,12 +240,11 @@ async fn apply<H: BatchHandler>(
                 return Some(outcomes);
             }
             Err(error) => {
-                let delay = delays.next().unwrap_or(config.max_retry_delay);
+                let delay = pauses.next_delay();
                 stats.outage_retries += 1;
                 tracing::warn!(%error, ?delay, group = %config.group_id, "batch failed: outage; retrying");
-                tokio::select! {
-                    () = stop.cancelled() => return None,
-                    () = tokio::time::sleep(delay) => {}
+                if !sleep_unless_stopped(delay, stop).await {
+                    return None;
                 }
             }
         }

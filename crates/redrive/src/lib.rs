@@ -16,7 +16,7 @@ use consumer::dead_letter::headers;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -285,18 +285,9 @@ pub async fn replay(
     let mut deliveries = Vec::with_capacity(letters.len());
     for letter in letters {
         let (topic, partition) = destination(letter, to)?;
-        let mut headers = OwnedHeaders::new();
-        for (name, value) in letter.original_headers() {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value.as_slice()),
-            });
-        }
-        let from = letter.locator();
-        headers = headers.insert(Header {
-            key: REDRIVEN_FROM,
-            value: Some(from.as_bytes()),
-        });
+        let mut headers: Vec<(String, Vec<u8>)> = letter.original_headers().cloned().collect();
+        headers.push((REDRIVEN_FROM.to_owned(), letter.locator().into_bytes()));
+        let headers = consumer::dead_letter::owned_headers(&headers);
         let mut record = FutureRecord::<[u8], [u8]>::to(&topic).headers(headers);
         if let Some(key) = &letter.key {
             record = record.key(key.as_slice());
