@@ -77,7 +77,7 @@ clean:
 chaos DRILL="broker-kill" *ARGS:
     {{engine_env}}; cargo run --release -p chaos -- {{DRILL}} {{ARGS}}; scripts/leftovers.sh
 
-# Run the criterion benchmarks (reports in target/criterion)
+# Run the criterion benchmarks (reports in target/criterion); `just bench payment_consumer` runs one
 [group('test')]
-bench *ARGS:
-    {{engine_env}}; cargo bench --bench kafka_produce {{ARGS}}; scripts/leftovers.sh
+bench *NAMES:
+    {{engine_env}}; set -- {{NAMES}}; if [ $# -eq 0 ]; then cargo bench -p order-platform; else for name in "$@"; do cargo bench -p order-platform --bench "$name"; done; fi; scripts/leftovers.sh

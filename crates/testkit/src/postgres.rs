@@ -62,7 +62,7 @@ impl PostgresServer {
                 _container: None,
             });
         }
-        on_testkit(Self::start_container(0)).await
+        on_testkit(Self::start_container(0, false)).await
     }
 
     /// A server of the caller's own, removed when dropped: for tests that stop it. Its
@@ -70,7 +70,14 @@ impl PostgresServer {
     /// [`Self::start`]. Needs a container engine, also in external mode.
     pub async fn dedicated() -> Result<Self> {
         let port = engine::free_port()?;
-        on_testkit(Self::start_container(port)).await
+        on_testkit(Self::start_container(port, false)).await
+    }
+
+    /// A server of the caller's own with PostgreSQL's durability settings (`fsync`,
+    /// `synchronous_commit`, `full_page_writes` on), for benchmarks whose numbers must
+    /// hold in production. Removed when dropped.
+    pub async fn durable() -> Result<Self> {
+        on_testkit(Self::start_container(0, true)).await
     }
 
     /// Stops the server (a fast shutdown: SIGTERM, then SIGKILL after 10 s). Clients see
@@ -93,16 +100,21 @@ impl PostgresServer {
         })
     }
 
-    /// `port` 0 lets the engine choose the host port.
-    async fn start_container(port: u16) -> Result<Self> {
+    /// `port` 0 lets the engine choose the host port; `durable` keeps `fsync` on.
+    async fn start_container(port: u16, durable: bool) -> Result<Self> {
         engine::docker().await?;
         let image = postgres_image();
         let request = Postgres::default()
             .with_name(image.name.clone())
             .with_tag(image.tag.clone())
             // fsync off: these are throw-away databases. Benchmarks that need durability
-            // start their own server.
-            .with_cmd(["-c", "fsync=off", "-c", "max_connections=500"])
+            // start their own server (`durable`).
+            .with_cmd([
+                "-c",
+                if durable { "fsync=on" } else { "fsync=off" },
+                "-c",
+                "max_connections=500",
+            ])
             .with_startup_timeout(STARTUP_TIMEOUT);
         let request = bind_loopback(labelled(request), &[(5432, port)]);
         let container = request.start().await.map_err(|source| Error::Start {
