@@ -23,7 +23,9 @@ fn order_created(count: usize) -> Vec<Record> {
     (0..count)
         .map(|i| {
             let order_id = Uuid::now_v7();
-            let amount = format!("{}.{:02}", 1 + i % 1000, i % 100).parse().expect("amount");
+            let amount = format!("{}.{:02}", 1 + i % 1000, i % 100)
+                .parse()
+                .expect("amount");
             let event = OrderCreated::event(order_id, amount, Currency::USD);
             Record::new(serde_json::to_vec(&event).expect("json")).key(order_id.to_string())
         })
@@ -44,8 +46,13 @@ async fn sample(kafka: &kafka::Kafka, postgres: &PostgresServer) -> Duration {
     let mut config = payment_service::Config::for_test(&db.url, kafka.bootstrap(), &prefix);
     config.consumer_group = unique_name("bench");
     let topic = config.topics().order_created;
-    let app = payment_service::Application::build(config).await.expect("build");
-    kafka.produce_all(&topic, &order_created(EVENTS)).await.expect("produce");
+    let app = payment_service::Application::build(config)
+        .await
+        .expect("build");
+    kafka
+        .produce_all(&topic, &order_created(EVENTS))
+        .await
+        .expect("produce");
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(app.run_until_stopped(async {
@@ -58,12 +65,18 @@ async fn sample(kafka: &kafka::Kafka, postgres: &PostgresServer) -> Duration {
     }
     let first = Instant::now();
     while payments(&db).await < EVENTS as i64 {
-        assert!(Instant::now() < deadline, "not every event paid within 300 s");
+        assert!(
+            Instant::now() < deadline,
+            "not every event paid within 300 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = first.elapsed();
     let _ = stop.send(());
-    running.await.expect("service task").expect("service stopped cleanly");
+    running
+        .await
+        .expect("service task")
+        .expect("service stopped cleanly");
     elapsed
 }
 
