@@ -25,7 +25,7 @@ use wiremock::ResponseTemplate;
 use crate::gateway_double::{answer_charges, approved, gateway, payment_service_through};
 use crate::helpers::{
     dead_letters, eventually, fresh_database, header_text, order_created_records, payment_config,
-    produce_all, records_on, topic_prefix, within, MINUTES_2, MINUTES_5,
+    produce_all, records_on, topic_prefix, until_committed, within, MINUTES_2, MINUTES_5,
 };
 
 /// A good order.created event, as JSON to mutate into poison.
@@ -508,14 +508,14 @@ async fn a_dead_letter_replayed_after_the_gateway_recovers_is_paid_once_however_
             .await
             .expect("replay again");
         let consumed = 4 + 3 + 3;
-        eventually(MINUTES_2, "the second replay consumed", || async {
-            kafka
-                .client()
-                .committed_total("payment-service", &topics.order_created)
-                .await
-                .unwrap_or(0)
-                == consumed
-        })
+        until_committed(
+            kafka.client(),
+            "payment-service",
+            &topics.order_created,
+            consumed,
+            MINUTES_2,
+            "the second replay consumed",
+        )
         .await;
         assert_eq!(payments.count("payments").await, 3);
         assert_eq!(payments.count("outbox").await, 3);

@@ -320,3 +320,20 @@ pub fn header_text(record: &testkit::Record, name: &str) -> String {
 pub fn key_text(record: &testkit::Record) -> String {
     String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned()
 }
+
+/// Waits until `group` has committed offsets adding up to `count` on `topic`: it has
+/// consumed that many of its records (the topic starting at offset 0). Panics after
+/// `limit` saying `what`.
+pub async fn until_committed(
+    kafka: &testkit::kafka::Kafka,
+    group: &str,
+    topic: &str,
+    count: i64,
+    limit: Duration,
+    what: &str,
+) {
+    eventually(limit, what, || async {
+        kafka.committed_total(group, topic).await.unwrap_or(0) == count
+    })
+    .await;
+}

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     eventually, order_created_records, order_service, payment_service, payment_service_on,
-    topic_prefix, within, RunningService, MINUTES_5,
+    topic_prefix, until_committed, within, RunningService, MINUTES_5,
 };
 
 async fn paid_orders(orders: &RunningService) -> i64 {
@@ -124,16 +124,13 @@ async fn duplicated_and_replayed_events_pay_each_order_once() {
                     .expect("produce");
             }
         }
-        eventually(
+        until_committed(
+            client,
+            "payment-service",
+            &topics.order_created,
+            100,
             Duration::from_secs(60),
             "all 100 deliveries consumed",
-            || async {
-                client
-                    .committed_total("payment-service", &topics.order_created)
-                    .await
-                    .unwrap_or(0)
-                    == 100
-            },
         )
         .await;
         assert_eq!(payments.count("payments").await, 50);
@@ -156,16 +153,13 @@ async fn duplicated_and_replayed_events_pay_each_order_once() {
         let mut config = payment_service::Config::for_test(&db.url, kafka.bootstrap(), &prefix);
         config.consumer_group = "payment-service-replay".into();
         let replay = crate::helpers::running_payment_service(db, config).await;
-        eventually(
+        until_committed(
+            client,
+            "payment-service-replay",
+            &topics.order_created,
+            100,
             Duration::from_secs(60),
             "the replay consumed the topic",
-            || async {
-                client
-                    .committed_total("payment-service-replay", &topics.order_created)
-                    .await
-                    .unwrap_or(0)
-                    == 100
-            },
         )
         .await;
         assert_eq!(replay.count("payments").await, 50, "no second payment");
@@ -303,32 +297,26 @@ async fn a_payment_delivered_twice_and_replayed_marks_its_order_paid_once() {
         kafka::produce_with(&producer, &topic, &record)
             .await
             .expect("produce");
-        eventually(
+        until_committed(
+            client,
+            "order-service",
+            &topic,
+            2,
             Duration::from_secs(60),
             "the duplicate consumed",
-            || async {
-                client
-                    .committed_total("order-service", &topic)
-                    .await
-                    .unwrap_or(0)
-                    == 2
-            },
         )
         .await;
         let db = orders.into_database().await;
         let mut config = order_service::Config::for_test(&db.url, kafka.bootstrap(), &prefix);
         config.consumer_group = "order-service-replay".into();
         let replay = crate::helpers::running_order_service(db, config).await;
-        eventually(
+        until_committed(
+            client,
+            "order-service-replay",
+            &topic,
+            2,
             Duration::from_secs(60),
             "the replay consumed the topic",
-            || async {
-                client
-                    .committed_total("order-service-replay", &topic)
-                    .await
-                    .unwrap_or(0)
-                    == 2
-            },
         )
         .await;
 

@@ -13,7 +13,8 @@ use wiremock::MockServer;
 use crate::gateway_double::{answer_charges, approved, gateway};
 use crate::helpers::{
     eventually, fresh_database, order_created_records, payment_config, produce_all, records_on,
-    running_payment_service, topic_prefix, within, RunningService, MINUTES_2, MINUTES_5,
+    running_payment_service, topic_prefix, until_committed, within, RunningService, MINUTES_2,
+    MINUTES_5,
 };
 
 const OUTAGE: Duration = Duration::from_secs(20);
@@ -151,14 +152,14 @@ async fn kafka_down_for_20_seconds_mid_stream_dead_letters_nothing_and_loses_not
         produce_all(broker.client(), &topic, &order_created_records(DURING)).await;
 
         all_processed_nothing_dead_lettered(broker.client(), &payments).await;
-        eventually(MINUTES_2, "every offset committed", || async {
-            broker
-                .client()
-                .committed_total("payment-service", &topic)
-                .await
-                .unwrap_or(0)
-                == (FIRST + DURING) as i64
-        })
+        until_committed(
+            broker.client(),
+            "payment-service",
+            &topic,
+            (FIRST + DURING) as i64,
+            MINUTES_2,
+            "every offset committed",
+        )
         .await;
     })
     .await;

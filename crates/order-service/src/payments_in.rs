@@ -5,8 +5,6 @@
 //! event is recognised there and changes nothing), then one `UPDATE` per outcome moves
 //! the orders. Only a `PENDING` order moves, so an order's outcome is set once.
 
-use std::collections::HashSet;
-
 use consumer::{BatchHandler, Failure, Incoming, Outcome, Transient};
 use events::{DecodeError, Envelope, EventType, PaymentCompleted, PaymentFailed, Topics};
 use sqlx::PgPool;
@@ -73,17 +71,7 @@ impl BatchHandler for PaymentsHandler {
 async fn settle(pool: &PgPool, settlements: &[Settlement]) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
     let event_ids: Vec<Uuid> = settlements.iter().map(|s| s.event_id).collect();
-    let fresh: HashSet<Uuid> = sqlx::query_scalar::<_, Uuid>(
-        "INSERT INTO processed_events (consumer, event_id)
-         SELECT $1, e FROM unnest($2::uuid[]) AS e
-         ON CONFLICT DO NOTHING RETURNING event_id",
-    )
-    .bind(CONSUMER)
-    .bind(&event_ids)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
+    let fresh = service_kit::processed_events::record_new(&mut tx, CONSUMER, &event_ids).await?;
     let orders = |paid: bool| -> Vec<Uuid> {
         settlements
             .iter()

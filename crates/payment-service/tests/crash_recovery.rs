@@ -57,20 +57,18 @@ async fn killed_between_database_commit_and_offset_commit_it_pays_each_order_onc
             .create_topic(&topics.order_created, 6, 1)
             .await
             .expect("topic");
-        let producer = client.producer().expect("producer");
-        for i in 0..ORDERS {
-            let order_id = Uuid::now_v7();
-            let event = OrderCreated::event(
-                order_id,
-                format!("{}.25", 1 + i).parse().expect("amount"),
-                Currency::USD,
-            );
-            let record =
-                Record::new(serde_json::to_vec(&event).expect("json")).key(order_id.to_string());
-            kafka::produce_with(&producer, &topics.order_created, &record)
-                .await
-                .expect("produce");
-        }
+        let records: Vec<Record> = (0..ORDERS)
+            .map(|i| {
+                let order_id = Uuid::now_v7();
+                let amount = format!("{}.25", 1 + i).parse().expect("amount");
+                let event = OrderCreated::event(order_id, amount, Currency::USD);
+                Record::new(serde_json::to_vec(&event).expect("json")).key(order_id.to_string())
+            })
+            .collect();
+        client
+            .produce_all(&topics.order_created, &records)
+            .await
+            .expect("produce");
         let db = postgres::server()
             .await
             .expect("postgres")

@@ -2,11 +2,13 @@
 //! - [`problem`]: RFC 9457 problem responses, so every error has one shape;
 //! - [`lifecycle`]: connecting to PostgreSQL and Kafka at start-up, and running the HTTP
 //!   API, the outbox relay and the consumer as one unit that starts and stops together;
+//! - [`processed_events`]: recording the events a consumer applied, to apply each once;
 //! - [`init_tracing`]: log lines to stderr, filtered by `RUST_LOG`;
 //! - [`shutdown_signal`]: Ctrl-C or SIGTERM.
 
 pub mod lifecycle;
 pub mod problem;
+pub mod processed_events;
 
 pub use problem::Problem;
 
