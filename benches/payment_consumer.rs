@@ -46,9 +46,7 @@ async fn sample(kafka: &kafka::Kafka, postgres: &PostgresServer) -> Duration {
     let mut config = payment_service::Config::for_test(&db.url, kafka.bootstrap(), &prefix);
     config.consumer_group = unique_name("bench");
     let topic = config.topics().order_created;
-    let app = payment_service::Application::build(config)
-        .await
-        .expect("build");
+    let app = payment_service::build(config).await.expect("build");
     kafka
         .produce_all(&topic, &order_created(EVENTS))
         .await

@@ -8,16 +8,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use consumer::dead_letter::headers;
-use consumer::{BatchHandler, ConsumerConfig, Incoming, Outcome, Transient};
+use consumer::{
+    BatchHandler, ConsumerConfig, DeadLetterLimit, DeadLetterPolicy, Outage, Outcome, Record,
+};
 use events::{Currency, OrderCreated, Topics};
+use kafka::dead_letter::headers;
 use payment_service::gateway::{Gateway, Simulated};
-use payment_service::orders_in::OrderCreatedHandler;
+use payment_service::on_order_created::OnOrderCreated;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use serde_json::{json, Value};
-use testkit::Record;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use wiremock::ResponseTemplate;
@@ -166,16 +167,16 @@ type Applied = Arc<Mutex<Vec<(Vec<u8>, i64)>>>;
 
 /// The real handler, plus a record of which messages it applied, in order.
 struct Recording {
-    inner: OrderCreatedHandler,
+    inner: OnOrderCreated,
     applied: Applied,
 }
 
 impl BatchHandler for Recording {
-    async fn handle(&self, batch: &[Incoming]) -> Result<Vec<Outcome>, Transient> {
+    async fn handle(&self, batch: &[Record]) -> Result<Vec<Outcome>, Outage> {
         let outcomes = self.inner.handle(batch).await?;
         let mut applied = self.applied.lock().expect("lock");
         for (message, outcome) in batch.iter().zip(&outcomes) {
-            if *outcome == Outcome::Done {
+            if *outcome == Outcome::Applied {
                 applied.push((message.key.clone().unwrap_or_default(), message.offset));
             }
         }
@@ -184,12 +185,11 @@ impl BatchHandler for Recording {
 }
 
 /// A payment-service handler on a fresh database, with the simulated gateway.
-async fn handler(db: &testkit::TestDatabase, topics: &Topics) -> OrderCreatedHandler {
-    payment_service::MIGRATOR
-        .run(db.pool())
+async fn handler(db: &testkit::TestDatabase, topics: &Topics) -> OnOrderCreated {
+    payment_service::migrate(db.pool())
         .await
         .expect("migrations");
-    OrderCreatedHandler {
+    OnOrderCreated {
         pool: db.pool().clone(),
         topics: topics.clone(),
         gateway: Gateway::Simulated(Simulated::default()),
@@ -200,7 +200,7 @@ async fn handler(db: &testkit::TestDatabase, topics: &Topics) -> OrderCreatedHan
 async fn create_topics(kafka: &testkit::kafka::Kafka, topic: &str) {
     kafka.create_topic(topic, 3, 1).await.expect("topic");
     kafka
-        .create_topic(&consumer::dead_letter_topic(topic), 3, 1)
+        .create_topic(&kafka::dead_letter_topic(topic), 3, 1)
         .await
         .expect("DLT");
 }
@@ -277,9 +277,18 @@ async fn check_poison_mix(kafka: &testkit::kafka::Kafka, case: usize, items: &[(
         &[&topics.order_created],
     );
     config.batch_size = 7; // many batches, poison at every position in them
-    config.dlt_max_ratio = 1.0; // this stream is poison by design
+    let limit = DeadLetterLimit {
+        max_ratio: 1.0, // this stream is poison by design
+        ..DeadLetterLimit::default()
+    };
+    let dead_letters_to = DeadLetterPolicy::new(kafka.bootstrap(), limit).expect("producer");
     let stop = CancellationToken::new();
-    let running = tokio::spawn(consumer::run(config, recording, stop.clone()));
+    let running = tokio::spawn(consumer::run(
+        config,
+        recording,
+        dead_letters_to,
+        stop.clone(),
+    ));
 
     let letters = dead_letters(kafka, &topics.order_created, poison.len()).await;
     eventually(MINUTES_2, "every good event paid", || async {
@@ -298,7 +307,7 @@ async fn check_poison_mix(kafka: &testkit::kafka::Kafka, case: usize, items: &[(
         .expect("the consumer never stopped by itself");
 
     // Every poison record, unchanged, on the same partition, with its diagnostics.
-    let dlt = consumer::dead_letter_topic(&topics.order_created);
+    let dlt = kafka::dead_letter_topic(&topics.order_created);
     assert_eq!(
         records_on(kafka, &dlt).await,
         poison.len() as i64,
@@ -394,12 +403,10 @@ async fn the_dead_letter_guard_stops_a_consumer_fed_only_poison_and_says_why() {
         let prefix = topic_prefix();
         let db = fresh_database().await;
         let mut config = payment_config(&db, kafka.bootstrap(), &prefix, None);
-        config.kafka.dlt_window = 20;
-        config.kafka.dlt_max_ratio = 0.5;
+        config.consumer.dlt_window = 20;
+        config.consumer.dlt_max_ratio = 0.5;
         let topics = config.topics();
-        let app = payment_service::Application::build(config)
-            .await
-            .expect("build");
+        let app = payment_service::build(config).await.expect("build");
         let poison: Vec<Record> = (0..200)
             .map(|i| Record::new(format!("not an event {i}")).key(format!("k{i}")))
             .collect();
@@ -419,7 +426,7 @@ async fn the_dead_letter_guard_stops_a_consumer_fed_only_poison_and_says_why() {
         assert!(error.contains("poison.invalid"), "{error}");
 
         // It did not empty the topic into the DLT, and committed only what it dead-lettered.
-        let dlt = consumer::dead_letter_topic(&topics.order_created);
+        let dlt = kafka::dead_letter_topic(&topics.order_created);
         let dead = records_on(kafka.client(), &dlt).await;
         assert!(
             dead < 20,
@@ -457,7 +464,7 @@ async fn a_dead_letter_replayed_after_the_gateway_recovers_is_paid_once_however_
         )
         .await;
 
-        let dlt = consumer::dead_letter_topic(&topics.order_created);
+        let dlt = kafka::dead_letter_topic(&topics.order_created);
         eventually(MINUTES_2, "all four dead-lettered", || async {
             records_on(kafka.client(), &dlt).await == 4
         })

@@ -126,9 +126,9 @@ pub async fn running_order_service(
     db: testkit::TestDatabase,
     mut config: order_service::Config,
 ) -> RunningService {
-    config.kafka.batch_size = 200;
+    config.consumer.batch_size = 200;
     let topics = config.topics();
-    let app = order_service::Application::build(config)
+    let app = order_service::build(config)
         .await
         .expect("build order-service");
     let port = app.port();
@@ -151,7 +151,7 @@ pub async fn payment_service_on(
     prefix: &str,
 ) -> RunningService {
     let mut config = payment_service::Config::for_test(&db.url, bootstrap, prefix);
-    config.kafka.batch_size = 200;
+    config.consumer.batch_size = 200;
     running_payment_service(db, config).await
 }
 
@@ -167,10 +167,10 @@ pub fn payment_config(
     config.gateway_url = gateway.map(str::to_owned);
     config.gateway_timeout_ms = 500;
     config.db_acquire_timeout_secs = 2;
-    config.kafka.batch_size = 200;
-    config.kafka.max_attempts = 3;
-    config.kafka.retry_delay_ms = 50;
-    config.kafka.max_retry_delay_ms = 1000;
+    config.consumer.batch_size = 200;
+    config.consumer.max_attempts = 3;
+    config.consumer.retry_delay_ms = 50;
+    config.consumer.max_retry_delay_ms = 1000;
     config
 }
 
@@ -180,7 +180,7 @@ pub async fn running_payment_service(
     config: payment_service::Config,
 ) -> RunningService {
     let topics = config.topics();
-    let app = payment_service::Application::build(config)
+    let app = payment_service::build(config)
         .await
         .expect("build payment-service");
     let port = app.port();
@@ -298,7 +298,7 @@ pub async fn dead_letters(
     topic: &str,
     count: usize,
 ) -> Vec<testkit::Record> {
-    let dlt = consumer::dead_letter_topic(topic);
+    let dlt = kafka::dead_letter_topic(topic);
     let letters = kafka
         .read_topic(&dlt, count, MINUTES_2)
         .await

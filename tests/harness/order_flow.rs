@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use events::{Currency, Envelope, EventType, Topics};
+use events::{Currency, Envelope, Topics};
 use futures::StreamExt;
 use serde_json::Value;
 use testkit::{kafka, Record};
@@ -271,7 +271,6 @@ async fn a_payment_delivered_twice_and_replayed_marks_its_order_paid_once() {
         let order_id: Uuid = order["id"].as_str().expect("id").parse().expect("uuid");
 
         let event = Envelope::new(
-            EventType::PaymentCompleted,
             order_id,
             events::PaymentCompleted {
                 payment_id: Uuid::now_v7(),

@@ -36,7 +36,7 @@ fn slow_config(
     gateway: &MockServer,
 ) -> payment_service::Config {
     let mut config = payment_config(db, bootstrap, &topic_prefix(), Some(&gateway.uri()));
-    config.kafka.batch_size = 10;
+    config.consumer.batch_size = 10;
     config.gateway_concurrency = 2;
     config
 }
@@ -69,7 +69,7 @@ async fn all_processed_nothing_dead_lettered(kafka: &Kafka, payments: &RunningSe
     assert_eq!(distinct, total);
     let topics = &payments.topics;
     assert_eq!(
-        records_on(kafka, &consumer::dead_letter_topic(&topics.order_created)).await,
+        records_on(kafka, &kafka::dead_letter_topic(&topics.order_created)).await,
         0,
         "an outage dead-letters nothing"
     );
@@ -121,7 +121,7 @@ async fn postgres_down_for_20_seconds_mid_stream_dead_letters_nothing_and_loses_
         // The stream goes on while the database is down.
         produce_all(kafka.client(), &topic, &order_created_records(DURING)).await;
         tokio::time::sleep(OUTAGE).await;
-        let dlt = consumer::dead_letter_topic(&topic);
+        let dlt = kafka::dead_letter_topic(&topic);
         assert_eq!(
             records_on(kafka.client(), &dlt).await,
             0,

@@ -14,10 +14,7 @@ use crate::helpers::{fresh_database, within, MINUTES_2, SECONDS_30};
 /// pending events for `topic` spread over `keys` keys, with sequence numbers as payload.
 async fn outbox_with_events(topic: &str, count: usize, keys: usize) -> TestDatabase {
     let db = fresh_database().await;
-    order_service::MIGRATOR
-        .run(db.pool())
-        .await
-        .expect("migrations");
+    order_service::migrate(db.pool()).await.expect("migrations");
     for i in 0..count {
         sqlx::query(
             "INSERT INTO outbox (topic, message_key, payload, headers) VALUES ($1, $2, $3, $4)",

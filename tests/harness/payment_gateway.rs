@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use consumer::dead_letter::headers;
+use kafka::dead_letter::headers;
 use serde_json::Value;
 use wiremock::ResponseTemplate;
 
@@ -48,7 +48,7 @@ async fn a_gateway_error_then_success_is_retried_and_charges_once() {
             );
         }
         assert_eq!(payments.count("payments").await, 1);
-        let dlt = consumer::dead_letter_topic(&payments.topics.order_created);
+        let dlt = kafka::dead_letter_topic(&payments.topics.order_created);
         assert_eq!(
             records_on(kafka.client(), &dlt).await,
             0,

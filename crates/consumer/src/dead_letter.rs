@@ -1,54 +1,26 @@
-//! Dead-letter topics: where a message goes when it can never be processed, and the guard
-//! that stops a consumer from emptying a topic into one.
+//! The dead-letter policy, after getsentry/arroyo's `DlqPolicy`: where a message goes
+//! when it can never be processed (the writer), and when to stop instead (the guard).
 //!
 //! A dead letter keeps the original key, value bytes and headers unchanged, goes to the
 //! same partition number of `<topic>.DLT` (when that partition exists) and carries the
-//! diagnostic headers in [`headers`]. Writes are acknowledged (`acks=all`) before the
-//! source offsets are stored, so a dead letter is never lost between the two topics.
+//! diagnostic headers of [`kafka::dead_letter::headers`]. Writes are acknowledged
+//! (`acks=all`) before the source offsets are stored, so a dead letter is never lost
+//! between the two topics.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rdkafka::config::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use kafka::dead_letter::headers;
+use kafka::{dead_letter_topic, KafkaError, Record};
+use rdkafka::producer::{FutureProducer, Producer};
 use tokio_util::sync::CancellationToken;
 
-use crate::pause::{sleep_unless_stopped, Pauses};
-use crate::{ConsumerConfig, Failure, Incoming};
-
-/// The dead-letter topic of `topic`: `order.created` → `order.created.DLT`.
-pub fn dead_letter_topic(topic: &str) -> String {
-    format!("{topic}.DLT")
-}
-
-/// The headers added to every dead letter, modelled on Spring Kafka's `kafka_dlt-*` set.
-/// Values are UTF-8 text (numbers in decimal), so any tool can show them.
-pub mod headers {
-    /// Every header this platform adds starts with this; the redrive tool removes them.
-    pub const PREFIX: &str = "dlt-";
-    pub const ORIGINAL_TOPIC: &str = "dlt-original-topic";
-    pub const ORIGINAL_PARTITION: &str = "dlt-original-partition";
-    pub const ORIGINAL_OFFSET: &str = "dlt-original-offset";
-    /// The source record's timestamp, milliseconds since the Unix epoch.
-    pub const ORIGINAL_TIMESTAMP: &str = "dlt-original-timestamp";
-    pub const ORIGINAL_CONSUMER_GROUP: &str = "dlt-original-consumer-group";
-    pub const SERVICE: &str = "dlt-service";
-    /// A stable class such as `poison.invalid` or `gateway.unavailable`.
-    pub const ERROR_CLASS: &str = "dlt-error-class";
-    pub const ERROR_MESSAGE: &str = "dlt-error-message";
-    /// How many times the message was tried.
-    pub const ATTEMPTS: &str = "dlt-attempts";
-    /// RFC 3339, UTC.
-    pub const FIRST_FAILURE: &str = "dlt-first-failure";
-    /// RFC 3339, UTC.
-    pub const LAST_FAILURE: &str = "dlt-last-failure";
-}
+use crate::{ConsumerConfig, Failure};
 
 /// A message of a batch that is to be dead-lettered, and why.
 #[derive(Debug, Clone)]
-pub(crate) struct Failed {
+pub(crate) struct DeadLetter {
     /// Its place in the batch.
     pub index: usize,
     pub failure: Failure,
@@ -57,67 +29,89 @@ pub(crate) struct Failed {
     pub last_failure: DateTime<Utc>,
 }
 
-/// Writes dead letters, and retries a write that Kafka did not acknowledge for as long
-/// as it takes: an unreachable broker is an outage, not a reason to lose a message.
-pub(crate) struct DeadLetterWriter {
+/// When the dead-letter guard stops a consumer: more than `max_ratio` of the last
+/// `window` messages would be dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeadLetterLimit {
+    pub window: usize,
+    /// 1.0 turns the guard off.
+    pub max_ratio: f64,
+}
+
+impl Default for DeadLetterLimit {
+    fn default() -> Self {
+        Self {
+            window: 100,
+            max_ratio: 0.5,
+        }
+    }
+}
+
+/// Where dead letters are written, and the guard that stops a consumer from emptying a
+/// topic into its dead-letter topic. Handed to [`crate::run`] as one value.
+pub struct DeadLetterPolicy {
     producer: FutureProducer,
-    group: String,
-    service: String,
-    retry_delay: Duration,
-    max_retry_delay: Duration,
+    guard: DeadLetterGuard,
     /// Partitions of each dead-letter topic, looked up once.
     partitions: HashMap<String, Option<i32>>,
 }
 
-impl DeadLetterWriter {
-    pub fn new(config: &ConsumerConfig) -> Result<Self, rdkafka::error::KafkaError> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &config.bootstrap)
-            .set("broker.address.family", "v4")
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
-            .create()?;
-        Ok(Self {
-            producer,
-            group: config.group_id.clone(),
-            service: config.service.clone(),
-            retry_delay: config.retry_delay,
-            max_retry_delay: config.max_retry_delay,
-            partitions: HashMap::new(),
-        })
+impl DeadLetterPolicy {
+    /// Dead letters written by a reliable producer to `bootstrap`, under `limit`.
+    pub fn new(bootstrap: &str, limit: DeadLetterLimit) -> Result<Self, KafkaError> {
+        Ok(Self::with_producer(
+            kafka::reliable_producer(bootstrap)?,
+            limit,
+        ))
     }
 
-    /// Writes the dead letters of `batch` and waits for their acknowledgement. Returns
-    /// `false` only if `stop` was cancelled first; nothing is then known to be written
-    /// for sure, and the batch's offsets must not be stored.
-    pub async fn write(
+    /// Dead letters written by `producer`, which should be a reliable one.
+    pub fn with_producer(producer: FutureProducer, limit: DeadLetterLimit) -> Self {
+        Self {
+            producer,
+            guard: DeadLetterGuard::new(limit.window, limit.max_ratio),
+            partitions: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn limit(&self) -> f64 {
+        self.guard.max_ratio
+    }
+
+    /// Asks the guard whether a batch of `size` messages may dead-letter `dead`.
+    pub(crate) fn admit(&mut self, size: usize, dead: &[DeadLetter]) -> Result<(), Tripped> {
+        let mut verdicts = vec![false; size];
+        for letter in dead {
+            verdicts[letter.index] = true;
+        }
+        self.guard.admit(&verdicts)
+    }
+
+    /// Writes the dead letters of `batch` and waits for their acknowledgement, retrying
+    /// as long as it takes: an unreachable broker is an outage, not a reason to lose a
+    /// message. Returns `false` only if `stop` was cancelled first; nothing is then known
+    /// to be written for sure, and the batch's offsets must not be stored.
+    pub(crate) async fn write(
         &mut self,
-        batch: &[Incoming],
-        failed: &[Failed],
+        batch: &[Record],
+        dead: &[DeadLetter],
+        config: &ConsumerConfig,
         stop: &CancellationToken,
     ) -> bool {
-        let mut pauses = Pauses::new(self.retry_delay, self.max_retry_delay);
-        let mut pending: Vec<&Failed> = failed.iter().collect();
+        let mut pauses = config.retry.pauses();
+        let mut pending: Vec<&DeadLetter> = dead.iter().collect();
         while !pending.is_empty() {
             let mut deliveries = Vec::with_capacity(pending.len());
-            for failed in &pending {
-                let message = &batch[failed.index];
-                let topic = dead_letter_topic(&message.topic);
-                let partition = self.partition_for(&topic, message.partition).await;
-                let headers = self.headers(message, failed);
-                let mut record = FutureRecord::<[u8], [u8]>::to(&topic).headers(headers);
-                if let Some(key) = &message.key {
-                    record = record.key(key.as_slice());
-                }
-                if let Some(payload) = &message.payload {
-                    record = record.payload(payload.as_slice());
-                }
+            for letter in &pending {
+                let source = &batch[letter.index];
+                let topic = dead_letter_topic(&source.topic);
+                let partition = self.partition_for(&topic, source.partition).await;
+                let record = with_diagnostics(source, letter, config);
+                let mut send = record.to_send(&topic);
                 if let Some(partition) = partition {
-                    record = record.partition(partition);
+                    send = send.partition(partition);
                 }
-                deliveries.push(match self.producer.send_result(record) {
+                deliveries.push(match self.producer.send_result(send) {
                     Ok(delivery) => Some(delivery),
                     Err((e, _)) => {
                         tracing::warn!(error = %e, %topic, "dead letter not queued");
@@ -126,7 +120,7 @@ impl DeadLetterWriter {
                 });
             }
             let mut again = Vec::new();
-            for (failed, delivery) in pending.into_iter().zip(deliveries) {
+            for (letter, delivery) in pending.into_iter().zip(deliveries) {
                 let written = match delivery {
                     Some(delivery) => match delivery.await {
                         Ok(Ok(_)) => true,
@@ -139,11 +133,11 @@ impl DeadLetterWriter {
                     None => false,
                 };
                 if !written {
-                    again.push(failed);
+                    again.push(letter);
                 }
             }
             pending = again;
-            if !pending.is_empty() && !sleep_unless_stopped(pauses.next_delay(), stop).await {
+            if !pending.is_empty() && !pauses.pause(stop).await {
                 return false;
             }
         }
@@ -178,47 +172,34 @@ impl DeadLetterWriter {
             .filter(|&n| partition < n)
             .map(|_| partition)
     }
-
-    fn headers(&self, message: &Incoming, failed: &Failed) -> OwnedHeaders {
-        let mut headers = owned_headers(&message.headers);
-        let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
-        let added = [
-            (headers::ORIGINAL_TOPIC, message.topic.clone()),
-            (headers::ORIGINAL_PARTITION, message.partition.to_string()),
-            (headers::ORIGINAL_OFFSET, message.offset.to_string()),
-            (
-                headers::ORIGINAL_TIMESTAMP,
-                message.timestamp.map(|t| t.to_string()).unwrap_or_default(),
-            ),
-            (headers::ORIGINAL_CONSUMER_GROUP, self.group.clone()),
-            (headers::SERVICE, self.service.clone()),
-            (headers::ERROR_CLASS, failed.failure.class.clone()),
-            (headers::ERROR_MESSAGE, failed.failure.message.clone()),
-            (headers::ATTEMPTS, failed.attempts.to_string()),
-            (headers::FIRST_FAILURE, time(&failed.first_failure)),
-            (headers::LAST_FAILURE, time(&failed.last_failure)),
-        ];
-        for (name, value) in &added {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value.as_bytes()),
-            });
-        }
-        headers
-    }
 }
 
-/// Kafka headers with these names and values, in order.
-pub fn owned_headers(headers: &[(String, Vec<u8>)]) -> OwnedHeaders {
-    headers.iter().fold(
-        OwnedHeaders::new_with_capacity(headers.len()),
-        |all, (name, value)| {
-            all.insert(Header {
-                key: name,
-                value: Some(value.as_slice()),
-            })
-        },
-    )
+/// The source record with the diagnostic headers after its own.
+fn with_diagnostics(source: &Record, letter: &DeadLetter, config: &ConsumerConfig) -> Record {
+    let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    let added = [
+        (headers::ORIGINAL_TOPIC, source.topic.clone()),
+        (headers::ORIGINAL_PARTITION, source.partition.to_string()),
+        (headers::ORIGINAL_OFFSET, source.offset.to_string()),
+        (
+            headers::ORIGINAL_TIMESTAMP,
+            source.timestamp.map(|t| t.to_string()).unwrap_or_default(),
+        ),
+        (headers::ORIGINAL_CONSUMER_GROUP, config.group_id.clone()),
+        (headers::SERVICE, config.service.clone()),
+        (headers::ERROR_CLASS, letter.failure.class.clone()),
+        (headers::ERROR_MESSAGE, letter.failure.message.clone()),
+        (headers::ATTEMPTS, letter.attempts.to_string()),
+        (headers::FIRST_FAILURE, time(&letter.first_failure)),
+        (headers::LAST_FAILURE, time(&letter.last_failure)),
+    ];
+    let mut record = source.clone();
+    record.headers.extend(
+        added
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value.into_bytes())),
+    );
+    record
 }
 
 /// Stops a consumer when too large a share of recent messages would be dead-lettered
@@ -324,10 +305,5 @@ mod tests {
     fn a_ratio_of_one_never_trips() {
         let mut guard = DeadLetterGuard::new(3, 1.0);
         assert_eq!(guard.admit(&[true; 50]), Ok(()));
-    }
-
-    #[test]
-    fn dead_letter_topics_add_dlt() {
-        assert_eq!(dead_letter_topic("order.created"), "order.created.DLT");
     }
 }

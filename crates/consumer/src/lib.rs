@@ -9,48 +9,36 @@
 //!   commit) or acknowledged on a dead-letter topic. librdkafka commits stored offsets in
 //!   the background; on shutdown they are committed synchronously. A crash in between
 //!   redelivers the batch, so handlers must be idempotent.
-//! - **Every failure has a class, and each class its treatment**
-//!   ([`Outcome`] and [`Transient`]):
-//!   - *poison* (undecodable, unknown type or version, invalid payload) goes to
-//!     `<topic>.DLT` at once, and the messages after it are processed;
-//!   - a *message-specific transient failure* (a payment gateway's 5xx or timeout) is
-//!     retried with exponential backoff and jitter, up to
-//!     [`ConsumerConfig::max_attempts`], then dead-lettered;
-//!   - an *outage* (the handler's database or Kafka unreachable) retries the whole batch
-//!     with backoff for as long as it takes. It is never dead-lettered, never skipped.
-//! - **Dead letters** ([`dead_letter`]) keep the original key, bytes and headers, add
-//!   diagnostic `dlt-*` headers, and are acknowledged before the offsets are stored.
-//! - **The dead-letter guard** stops the consumer, with a message saying why, when more
-//!   than [`ConsumerConfig::dlt_max_ratio`] of the last
-//!   [`ConsumerConfig::dlt_window`] messages would be dead-lettered.
+//! - **Every failure has a class, and each class its treatment** ([`Outcome`] and
+//!   [`Outage`]):
+//!   - [`Outcome::DeadLetter`] (poison: undecodable, unknown type or version, invalid
+//!     payload) goes to `<topic>.DLT` at once, and the messages after it are processed;
+//!   - [`Outcome::Retry`] (a message-specific transient failure, such as a payment
+//!     gateway's 5xx or timeout) is retried with exponential backoff and jitter, up to
+//!     [`RetryPolicy::max_attempts`], then dead-lettered;
+//!   - an [`Outage`] (the handler's database or Kafka unreachable) retries the whole
+//!     batch with backoff for as long as it takes. It is never dead-lettered, never
+//!     skipped.
+//! - **The dead-letter policy** ([`DeadLetterPolicy`], passed in as one value): dead
+//!   letters keep the original key, bytes and headers, add diagnostic `dlt-*` headers,
+//!   and are acknowledged before the offsets are stored; its guard stops the consumer,
+//!   with a message saying why, when more than [`DeadLetterLimit::max_ratio`] of the last
+//!   [`DeadLetterLimit::window`] messages would be dead-lettered.
 //! - **Counts by error class** of retries and dead letters are logged as they change and
 //!   returned in [`Stats`].
 
 use std::collections::BTreeMap;
 
 pub mod dead_letter;
-mod pause;
+mod retry;
 mod runner;
 mod settings;
-mod topics;
 
-pub use dead_letter::dead_letter_topic;
+pub use dead_letter::{DeadLetterLimit, DeadLetterPolicy};
+pub use kafka::Record;
+pub use retry::{Pauses, RetryPolicy};
 pub use runner::run;
-pub use settings::{ConsumerConfig, KafkaSettings};
-pub use topics::ensure_topics;
-
-/// One consumed message, owned.
-#[derive(Debug, Clone)]
-pub struct Incoming {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    /// The record's timestamp, milliseconds since the Unix epoch, if it has one.
-    pub timestamp: Option<i64>,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
-}
+pub use settings::{ConsumerConfig, ConsumerSettings};
 
 /// Why a message failed: a stable class for grouping (`poison.invalid`,
 /// `gateway.unavailable`, …) and a message for people.
@@ -73,19 +61,19 @@ impl Failure {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Applied (or already applied before: a duplicate).
-    Done,
-    /// Can never be processed: dead-lettered at once.
-    Poison(Failure),
+    Applied,
+    /// Can never be processed (poison): dead-lettered at once.
+    DeadLetter(Failure),
     /// Failed for a reason of its own that may pass (a gateway's 5xx): tried again, alone,
-    /// up to [`ConsumerConfig::max_attempts`] times, then dead-lettered.
+    /// up to [`RetryPolicy::max_attempts`] times, then dead-lettered.
     Retry(Failure),
 }
 
-/// The error a handler returns when the batch could not be applied *now* (a database or
-/// broker outage); the runner retries the same messages, without limit.
+/// The error a handler returns when the batch could not be applied *now* (its database
+/// or broker is unreachable); the runner retries the same messages, without limit.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct Transient(pub String);
+pub struct Outage(pub String);
 
 /// What to do with messages. Must be idempotent: a batch may be delivered again.
 pub trait BatchHandler: Send + Sync + 'static {
@@ -93,16 +81,14 @@ pub trait BatchHandler: Send + Sync + 'static {
     /// messages to retry) and returns one outcome per message, in the same order.
     fn handle(
         &self,
-        batch: &[Incoming],
-    ) -> impl std::future::Future<Output = Result<Vec<Outcome>, Transient>> + Send;
+        batch: &[Record],
+    ) -> impl std::future::Future<Output = Result<Vec<Outcome>, Outage>> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
     #[error("kafka consumer: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("creating topic {topic}: {reason}")]
-    Topic { topic: String, reason: String },
+    Kafka(#[from] kafka::KafkaError),
     #[error(
         "stopped by the dead-letter guard: {dead} of the last {window} messages on {topic} \
          would be dead-lettered, more than the limit of {limit} (CONSUMER_DLT_MAX_RATIO); \

@@ -1,7 +1,10 @@
 //! How a consumer is configured: [`ConsumerConfig`] for the runner, and the
-//! [`KafkaSettings`] every service flattens into its command line.
+//! [`ConsumerSettings`] every service flattens into its command line.
 
 use std::time::Duration;
+
+use crate::dead_letter::DeadLetterLimit;
+use crate::RetryPolicy;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -14,19 +17,8 @@ pub struct ConsumerConfig {
     pub batch_size: usize,
     /// Longest wait for a batch to fill once its first message arrived.
     pub batch_wait: Duration,
-    /// First pause before a message that failed transiently is tried again; it doubles
-    /// (with jitter) up to `max_retry_delay`.
-    pub retry_delay: Duration,
-    /// Longest pause between retries, of a message or of a whole batch during an outage.
-    pub max_retry_delay: Duration,
-    /// Attempts a message that keeps failing transiently gets before it is dead-lettered.
-    pub max_attempts: u32,
-    /// The dead-letter guard judges the share of dead-lettered messages among the last
-    /// this many messages.
-    pub dlt_window: usize,
-    /// The consumer stops, instead of dead-lettering, when more than this share of the
-    /// window would be dead-lettered. 1.0 turns the guard off.
-    pub dlt_max_ratio: f64,
+    /// Pauses between retries, and attempts before a failing message is dead-lettered.
+    pub retry: RetryPolicy,
     /// How often stored offsets are committed in the background (and at shutdown).
     pub commit_interval: Duration,
 }
@@ -40,35 +32,15 @@ impl ConsumerConfig {
             service: group_id.to_owned(),
             batch_size: 500,
             batch_wait: Duration::from_millis(20),
-            retry_delay: Duration::from_millis(200),
-            max_retry_delay: Duration::from_secs(5),
-            max_attempts: 5,
-            dlt_window: 100,
-            dlt_max_ratio: 0.5,
+            retry: RetryPolicy::default(),
             commit_interval: Duration::from_secs(1),
         }
     }
 }
 
-/// The Kafka settings every service has; flattened into each service's command line.
+/// The consumer settings every service has; flattened into each service's command line.
 #[derive(Debug, Clone, clap::Args)]
-pub struct KafkaSettings {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    pub kafka_bootstrap: String,
-
-    /// Put before every topic name, to share a cluster between environments.
-    #[arg(long, env = "TOPIC_PREFIX", default_value = "")]
-    pub topic_prefix: String,
-
-    /// Partitions of topics this service creates at start-up if they are missing.
-    #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6)]
-    pub topic_partitions: i32,
-
-    /// Replication factor of topics this service creates (3 on a production cluster).
-    #[arg(long, env = "TOPIC_REPLICATION", default_value_t = 1)]
-    pub topic_replication: i32,
-
+pub struct ConsumerSettings {
     /// Most messages a consumer applies in one database transaction.
     #[arg(long, env = "CONSUMER_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
@@ -115,18 +87,32 @@ fn ratio(text: &str) -> Result<f64, String> {
     }
 }
 
-impl KafkaSettings {
+impl ConsumerSettings {
     /// A consumer configuration with these settings, for `service`.
-    pub fn consumer(&self, service: &str, group_id: &str, topics: &[&str]) -> ConsumerConfig {
-        let mut config = ConsumerConfig::new(&self.kafka_bootstrap, group_id, topics);
+    pub fn config(
+        &self,
+        bootstrap: &str,
+        service: &str,
+        group_id: &str,
+        topics: &[&str],
+    ) -> ConsumerConfig {
+        let mut config = ConsumerConfig::new(bootstrap, group_id, topics);
         config.service = service.to_owned();
         config.batch_size = self.batch_size;
         config.commit_interval = Duration::from_millis(self.commit_interval_ms);
-        config.max_attempts = self.max_attempts;
-        config.retry_delay = Duration::from_millis(self.retry_delay_ms);
-        config.max_retry_delay = Duration::from_millis(self.max_retry_delay_ms);
-        config.dlt_window = usize::try_from(self.dlt_window).unwrap_or(usize::MAX);
-        config.dlt_max_ratio = self.dlt_max_ratio;
+        config.retry = RetryPolicy {
+            first_delay: Duration::from_millis(self.retry_delay_ms),
+            max_delay: Duration::from_millis(self.max_retry_delay_ms),
+            max_attempts: self.max_attempts,
+        };
         config
+    }
+
+    /// The dead-letter guard's limit with these settings.
+    pub fn dead_letter_limit(&self) -> DeadLetterLimit {
+        DeadLetterLimit {
+            window: usize::try_from(self.dlt_window).unwrap_or(usize::MAX),
+            max_ratio: self.dlt_max_ratio,
+        }
     }
 }

@@ -31,6 +31,16 @@ impl EventType {
     }
 }
 
+/// A payload type of the platform: it declares its own event type, so a payload can
+/// never travel under another type's tag, and its record key.
+pub trait Event: Serialize + serde::de::DeserializeOwned {
+    /// The type tag every envelope of this payload carries.
+    const TYPE: EventType;
+
+    /// The Kafka record key: the order id, so that each order's events stay in order.
+    fn order_id(&self) -> Uuid;
+}
+
 /// One event: who it is, what it is, when and why it happened, and its payload.
 ///
 /// ```json
@@ -57,17 +67,22 @@ pub struct Envelope<P> {
     pub payload: P,
 }
 
-impl<P> Envelope<P> {
-    /// A new event with a time-ordered id, stamped now.
-    pub fn new(event_type: EventType, correlation_id: Uuid, payload: P) -> Self {
+impl<P: Event> Envelope<P> {
+    /// A new event of the payload's type, with a time-ordered id, stamped now.
+    pub fn new(correlation_id: Uuid, payload: P) -> Self {
         Self {
             event_id: Uuid::now_v7(),
-            event_type,
-            schema_version: event_type.schema_version(),
+            event_type: P::TYPE,
+            schema_version: P::TYPE.schema_version(),
             occurred_at: Utc::now(),
             correlation_id,
             payload,
         }
+    }
+
+    /// The Kafka record key of this event.
+    pub fn key(&self) -> String {
+        self.payload.order_id().to_string()
     }
 }
 
@@ -109,22 +124,40 @@ impl DecodeError {
     }
 }
 
-impl<P: serde::de::DeserializeOwned> Envelope<P> {
-    /// Reads an event of type `expected` from a message's bytes, refusing anything else.
-    pub fn decode(bytes: Option<&[u8]>, expected: EventType) -> Result<Self, DecodeError> {
-        let bytes = bytes.filter(|b| !b.is_empty()).ok_or(DecodeError::Empty)?;
+/// The type and version of an event, read before its payload.
+#[derive(Deserialize)]
+struct Head {
+    event_type: EventType,
+    schema_version: u32,
+}
+
+fn read_head<'b>(
+    bytes: Option<&'b [u8]>,
+    expected: &'static str,
+) -> Result<(&'b [u8], Head), DecodeError> {
+    let bytes = bytes.filter(|b| !b.is_empty()).ok_or(DecodeError::Empty)?;
+    let head: Head = serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid {
+        expected,
+        reason: e.to_string(),
+    })?;
+    Ok((bytes, head))
+}
+
+impl EventType {
+    /// The type an event's bytes declare, for a consumer of several types that chooses
+    /// the payload by it. `expected` names what the consumer reads, for the error.
+    pub fn of(bytes: Option<&[u8]>, expected: &'static str) -> Result<Self, DecodeError> {
+        read_head(bytes, expected).map(|(_, head)| head.event_type)
+    }
+}
+
+impl<P: Event> Envelope<P> {
+    /// Reads an event of `P`'s type from a message's bytes, refusing anything else.
+    pub fn decode(bytes: Option<&[u8]>) -> Result<Self, DecodeError> {
+        let expected = P::TYPE;
         // The type and version first, so a newer version is reported as such rather than
         // as a payload that does not parse.
-        #[derive(Deserialize)]
-        struct Head {
-            event_type: EventType,
-            schema_version: u32,
-        }
-        let invalid = |e: serde_json::Error| DecodeError::Invalid {
-            expected: expected.name(),
-            reason: e.to_string(),
-        };
-        let head: Head = serde_json::from_slice(bytes).map_err(invalid)?;
+        let (bytes, head) = read_head(bytes, expected.name())?;
         if head.event_type != expected {
             return Err(DecodeError::WrongType {
                 expected: expected.name(),
@@ -138,6 +171,9 @@ impl<P: serde::de::DeserializeOwned> Envelope<P> {
                 supported: expected.schema_version(),
             });
         }
-        serde_json::from_slice(bytes).map_err(invalid)
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid {
+            expected: expected.name(),
+            reason: e.to_string(),
+        })
     }
 }

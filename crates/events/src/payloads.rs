@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::envelope::{Envelope, EventType};
+use crate::envelope::{Envelope, Event, EventType};
 use crate::money::{Amount, Currency};
 
 /// An order was accepted and stored as `PENDING`. Key: the order id.
@@ -19,7 +19,6 @@ impl OrderCreated {
     /// The event for a new order; its correlation id is the order's id.
     pub fn event(order_id: Uuid, amount: Amount, currency: Currency) -> Envelope<Self> {
         Envelope::new(
-            EventType::OrderCreated,
             order_id,
             Self {
                 order_id,
@@ -27,6 +26,14 @@ impl OrderCreated {
                 currency,
             },
         )
+    }
+}
+
+impl Event for OrderCreated {
+    const TYPE: EventType = EventType::OrderCreated;
+
+    fn order_id(&self) -> Uuid {
+        self.order_id
     }
 }
 
@@ -38,6 +45,14 @@ pub struct PaymentCompleted {
     pub order_id: Uuid,
     pub amount: Amount,
     pub currency: Currency,
+}
+
+impl Event for PaymentCompleted {
+    const TYPE: EventType = EventType::PaymentCompleted;
+
+    fn order_id(&self) -> Uuid {
+        self.order_id
+    }
 }
 
 /// A charge was declined: the payment is stored as failed and the order cannot be paid.
@@ -53,10 +68,18 @@ pub struct PaymentFailed {
     pub reason: String,
 }
 
+impl Event for PaymentFailed {
+    const TYPE: EventType = EventType::PaymentFailed;
+
+    fn order_id(&self) -> Uuid {
+        self.order_id
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Envelope, EventType};
+    use crate::Envelope;
 
     #[test]
     fn an_order_created_event_round_trips_through_json_exactly() {
@@ -74,10 +97,10 @@ mod tests {
         let order_id = Uuid::now_v7();
         let event = OrderCreated::event(order_id, "1.00".parse().unwrap(), Currency::USD);
         let bytes = serde_json::to_vec(&event).unwrap();
-        let decoded = Envelope::<OrderCreated>::decode(Some(&bytes), EventType::OrderCreated);
+        let decoded = Envelope::<OrderCreated>::decode(Some(&bytes));
         assert_eq!(decoded.unwrap(), event);
 
-        let wrong = Envelope::<PaymentCompleted>::decode(Some(&bytes), EventType::PaymentCompleted);
+        let wrong = Envelope::<PaymentCompleted>::decode(Some(&bytes));
         assert!(
             matches!(wrong, Err(crate::DecodeError::WrongType { .. })),
             "{wrong:?}"
@@ -86,8 +109,7 @@ mod tests {
         let newer = String::from_utf8(bytes.clone())
             .unwrap()
             .replace(r#""schema_version":1"#, r#""schema_version":2"#);
-        let newer =
-            Envelope::<OrderCreated>::decode(Some(newer.as_bytes()), EventType::OrderCreated);
+        let newer = Envelope::<OrderCreated>::decode(Some(newer.as_bytes()));
         assert!(
             matches!(
                 newer,
@@ -97,14 +119,30 @@ mod tests {
         );
 
         for garbage in [&b""[..], b"\xff\x00", b"{}", b"[1]", b"null"] {
-            assert!(
-                Envelope::<OrderCreated>::decode(Some(garbage), EventType::OrderCreated).is_err()
-            );
+            assert!(Envelope::<OrderCreated>::decode(Some(garbage)).is_err());
         }
         assert_eq!(
-            Envelope::<OrderCreated>::decode(None, EventType::OrderCreated),
+            Envelope::<OrderCreated>::decode(None),
             Err(crate::DecodeError::Empty)
         );
+    }
+
+    #[test]
+    fn a_consumer_of_several_types_can_read_the_type_first() {
+        let event = OrderCreated::event(Uuid::now_v7(), "1.00".parse().unwrap(), Currency::USD);
+        let bytes = serde_json::to_vec(&event).unwrap();
+        assert_eq!(
+            crate::EventType::of(Some(&bytes), "anything"),
+            Ok(crate::EventType::OrderCreated)
+        );
+        assert_eq!(event.key(), event.payload.order_id.to_string());
+        assert!(matches!(
+            crate::EventType::of(Some(b"{}"), "payment.*"),
+            Err(crate::DecodeError::Invalid {
+                expected: "payment.*",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -27,7 +27,8 @@ impl Topics {
         }
     }
 
-    /// Where events of `event_type` are published.
+    /// Where events of `event_type` are published: the one rule, used by everything that
+    /// publishes.
     pub fn for_event(&self, event_type: EventType) -> &str {
         match event_type {
             EventType::OrderCreated => &self.order_created,

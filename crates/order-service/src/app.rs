@@ -1,69 +1,47 @@
-//! Start-up: database and migrations, topics, producer, listener. Running: the HTTP API,
-//! the outbox relay and the `payment.completed` consumer, stopped together.
+//! The wiring: database and migrations, topics, producer and listener, then the HTTP API
+//! and the consumer of payment outcomes, as one [`Application`].
 
-use std::future::Future;
-
-use service_kit::lifecycle::{Needs, Resources, Service};
+use anyhow::Context;
+use consumer::DeadLetterPolicy;
+use service_kit::{Application, Needs, Resources};
 
 use crate::http::{router, AppState};
-use crate::payments_in::PaymentsHandler;
-use crate::{Config, MIGRATOR};
+use crate::on_payment_outcome::OnPaymentOutcome;
+use crate::{Config, MIGRATIONS};
 
-/// A built service, listening but not yet serving.
-pub struct Application {
-    resources: Resources,
-    config: Config,
-}
-
-impl Application {
-    /// Connects to PostgreSQL, runs the migrations, creates missing topics and binds the
-    /// listener. Fails with a message naming what could not be reached.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let resources = Resources::acquire(Needs {
-            listen: config.listen,
-            database_url: &config.database_url,
-            database_setting: "ORDER_DATABASE_URL",
-            db_pool: config.db_pool,
-            db_acquire_timeout: config.db_acquire_timeout(),
-            migrator: &MIGRATOR,
-            kafka: &config.kafka,
-        })
-        .await?;
-        Ok(Self { resources, config })
-    }
-
-    /// The port actually bound (useful with port 0).
-    pub fn port(&self) -> u16 {
-        self.resources.port()
-    }
-
-    /// Serves until `shutdown` completes, then stops within the shutdown timeout.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let Self { resources, config } = self;
-        let topics = config.topics();
-        let consumer = config.kafka.consumer(
+/// Connects to PostgreSQL, runs the migrations, creates missing topics, binds the
+/// listener and wires the service. Fails with a message naming what could not be reached.
+pub async fn build(config: Config) -> anyhow::Result<Application<OnPaymentOutcome>> {
+    let resources = Resources::acquire(Needs {
+        listen: config.listen,
+        database_url: &config.database_url,
+        database_setting: "ORDER_DATABASE_URL",
+        db_pool: config.db_pool,
+        db_acquire_timeout: config.db_acquire_timeout(),
+        migrations: &MIGRATIONS,
+        kafka: &config.kafka,
+    })
+    .await?;
+    let topics = config.topics();
+    let bootstrap = &config.kafka.kafka_bootstrap;
+    Ok(Application {
+        name: "order-service",
+        router: router(AppState {
+            pool: resources.pool.clone(),
+            topics: topics.clone(),
+        }),
+        consumer: config.consumer.config(
+            bootstrap,
             "order-service",
             &config.consumer_group,
             &[&topics.payment_completed, &topics.payment_failed],
-        );
-        Service {
-            name: "order-service",
-            router: router(AppState {
-                pool: resources.pool.clone(),
-                topics,
-            }),
-            handler: PaymentsHandler {
-                pool: resources.pool.clone(),
-                topics: config.topics(),
-            },
-            resources,
-            consumer,
-            shutdown_timeout: config.shutdown_timeout(),
-        }
-        .run(shutdown)
-        .await
-    }
+        ),
+        dead_letters: DeadLetterPolicy::new(bootstrap, config.consumer.dead_letter_limit())
+            .context("creating the dead-letter producer")?,
+        handler: OnPaymentOutcome {
+            pool: resources.pool.clone(),
+        },
+        resources,
+        shutdown_timeout: config.shutdown_timeout(),
+    })
 }

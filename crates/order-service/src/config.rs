@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use consumer::KafkaSettings;
+use consumer::ConsumerSettings;
+use kafka::KafkaSettings;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -28,7 +29,10 @@ pub struct Config {
     #[command(flatten)]
     pub kafka: KafkaSettings,
 
-    /// Consumer group of the payment.completed consumer.
+    #[command(flatten)]
+    pub consumer: ConsumerSettings,
+
+    /// Consumer group of the payment.completed and payment.failed consumer.
     #[arg(long, env = "ORDER_CONSUMER_GROUP", default_value = "order-service")]
     pub consumer_group: String,
 

@@ -1,11 +1,11 @@
 use clap::Parser;
-use order_service::{Application, Config};
+use order_service::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     service_kit::init_tracing();
     let config = Config::parse();
-    let app = Application::build(config).await?;
+    let app = order_service::build(config).await?;
     tracing::info!(port = app.port(), "order-service listening");
     app.run_until_stopped(service_kit::shutdown_signal()).await
 }

@@ -87,12 +87,7 @@ pub async fn create_order(
     let order = Order::try_from(row)?;
 
     let event = OrderCreated::event(order.id, order.amount, order.currency);
-    let row = OutboxRow::event(
-        topics.for_event(event.event_type),
-        &order.id.to_string(),
-        &event,
-    )
-    .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let row = OutboxRow::event(topics, &event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     outbox::enqueue(&mut tx, &[row]).await?;
     tx.commit().await?;
     Ok(Created::New(order))

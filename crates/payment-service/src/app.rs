@@ -1,85 +1,54 @@
-//! Start-up: database and migrations, topics, producer, listener. Running: the HTTP API,
-//! the outbox relay and the `order.created` consumer, stopped together.
-
-use std::future::Future;
-
-use service_kit::lifecycle::{Needs, Resources, Service};
+//! The wiring: the payment gateway, database and migrations, topics, producer and
+//! listener, then the HTTP API and the `order.created` consumer, as one [`Application`].
 
 use anyhow::Context;
+use consumer::DeadLetterPolicy;
+use service_kit::{Application, Needs, Resources};
 
 use crate::gateway::{Gateway, HttpGateway, Simulated};
 use crate::http::{router, AppState};
-use crate::orders_in::OrderCreatedHandler;
-use crate::{Config, MIGRATOR};
+use crate::on_order_created::OnOrderCreated;
+use crate::{Config, MIGRATIONS};
 
-/// A built service, listening but not yet serving.
-pub struct Application {
-    resources: Resources,
-    gateway: Gateway,
-    config: Config,
-}
-
-impl Application {
-    /// Connects to PostgreSQL, runs the migrations, creates missing topics and binds the
-    /// listener. Fails with a message naming what could not be reached.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let gateway = gateway(&config)?;
-        let resources = Resources::acquire(Needs {
-            listen: config.listen,
-            database_url: &config.database_url,
-            database_setting: "PAYMENT_DATABASE_URL",
-            db_pool: config.db_pool,
-            db_acquire_timeout: config.db_acquire_timeout(),
-            migrator: &MIGRATOR,
-            kafka: &config.kafka,
-        })
-        .await?;
-        Ok(Self {
-            resources,
-            gateway,
-            config,
-        })
-    }
-
-    /// The port actually bound (useful with port 0).
-    pub fn port(&self) -> u16 {
-        self.resources.port()
-    }
-
-    /// Serves until `shutdown` completes, then stops within the shutdown timeout.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let Self {
-            resources,
-            gateway,
-            config,
-        } = self;
-        let topics = config.topics();
-        let consumer = config.kafka.consumer(
+/// Creates the gateway client, connects to PostgreSQL, runs the migrations, creates
+/// missing topics, binds the listener and wires the service. Fails with a message naming
+/// what could not be reached.
+pub async fn build(config: Config) -> anyhow::Result<Application<OnOrderCreated>> {
+    let gateway = gateway(&config)?;
+    let resources = Resources::acquire(Needs {
+        listen: config.listen,
+        database_url: &config.database_url,
+        database_setting: "PAYMENT_DATABASE_URL",
+        db_pool: config.db_pool,
+        db_acquire_timeout: config.db_acquire_timeout(),
+        migrations: &MIGRATIONS,
+        kafka: &config.kafka,
+    })
+    .await?;
+    let topics = config.topics();
+    let bootstrap = &config.kafka.kafka_bootstrap;
+    Ok(Application {
+        name: "payment-service",
+        router: router(AppState {
+            pool: resources.pool.clone(),
+        }),
+        consumer: config.consumer.config(
+            bootstrap,
             "payment-service",
             &config.consumer_group,
             &[&topics.order_created],
-        );
-        Service {
-            name: "payment-service",
-            router: router(AppState {
-                pool: resources.pool.clone(),
-            }),
-            handler: OrderCreatedHandler {
-                pool: resources.pool.clone(),
-                topics,
-                gateway,
-                gateway_concurrency: config.gateway_concurrency as usize,
-            },
-            resources,
-            consumer,
-            shutdown_timeout: config.shutdown_timeout(),
-        }
-        .run(shutdown)
-        .await
-    }
+        ),
+        dead_letters: DeadLetterPolicy::new(bootstrap, config.consumer.dead_letter_limit())
+            .context("creating the dead-letter producer")?,
+        handler: OnOrderCreated {
+            pool: resources.pool.clone(),
+            topics,
+            gateway,
+            gateway_concurrency: config.gateway_concurrency as usize,
+        },
+        resources,
+        shutdown_timeout: config.shutdown_timeout(),
+    })
 }
 
 /// The HTTP gateway if a URL is configured, the simulated one otherwise.

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use consumer::KafkaSettings;
+use consumer::ConsumerSettings;
+use kafka::KafkaSettings;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -27,6 +28,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub kafka: KafkaSettings,
+
+    #[command(flatten)]
+    pub consumer: ConsumerSettings,
 
     /// Consumer group of the order.created consumer.
     #[arg(

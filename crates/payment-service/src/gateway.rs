@@ -18,6 +18,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::store::PaymentStatus;
+
 /// One charge: an order's amount.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChargeRequest {
@@ -33,6 +35,32 @@ pub enum Charge {
     Declined { reason: String },
 }
 
+impl Charge {
+    /// The status of the payment this charge makes.
+    pub fn status(&self) -> PaymentStatus {
+        match self {
+            Charge::Approved { .. } => PaymentStatus::Completed,
+            Charge::Declined { .. } => PaymentStatus::Failed,
+        }
+    }
+
+    /// The gateway's reference of an approved charge.
+    pub fn reference(&self) -> Option<&str> {
+        match self {
+            Charge::Approved { reference } => Some(reference),
+            Charge::Declined { .. } => None,
+        }
+    }
+
+    /// The gateway's reason for a declined charge.
+    pub fn decline_reason(&self) -> Option<&str> {
+        match self {
+            Charge::Approved { .. } => None,
+            Charge::Declined { reason } => Some(reason),
+        }
+    }
+}
+
 /// A charge the gateway did not process.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
@@ -45,6 +73,16 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// What the consumer does about it: retry an unavailable gateway, dead-letter a
+    /// refused request at once.
+    pub fn outcome(&self) -> consumer::Outcome {
+        let failure = consumer::Failure::new(self.class(), self.to_string());
+        match self {
+            GatewayError::Unavailable(_) => consumer::Outcome::Retry(failure),
+            GatewayError::Refused(_) => consumer::Outcome::DeadLetter(failure),
+        }
+    }
+
     /// The error class in dead-letter headers and counts.
     pub fn class(&self) -> &'static str {
         match self {

@@ -7,14 +7,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use service_kit::Problem;
 use sqlx::PgPool;
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 use uuid::Uuid;
+
+use crate::store::{self, Payment, PaymentStatus};
 
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 200;
@@ -31,7 +31,7 @@ pub struct AppState {
         description = "One payment per order, charged through the payment gateway; published as payment.completed or, when declined, payment.failed."
     ),
     paths(list_payments, get_payment),
-    components(schemas(Payment, Problem))
+    components(schemas(Payment, PaymentStatus, Problem))
 )]
 pub struct ApiDoc;
 
@@ -42,25 +42,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .merge(SwaggerUi::new("/swagger-ui").url("/api-docs/openapi.json", ApiDoc::openapi()))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-}
-
-/// A stored payment.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct Payment {
-    pub id: Uuid,
-    pub order_id: Uuid,
-    /// Exact decimal with two places, written as a JSON number.
-    #[schema(value_type = f64, example = 222.22)]
-    #[serde(with = "rust_decimal::serde::arbitrary_precision")]
-    pub amount: Decimal,
-    #[schema(example = "USD")]
-    pub currency: String,
-    /// `COMPLETED`, or `FAILED` when the gateway declined the charge.
-    #[schema(example = "COMPLETED")]
-    pub status: String,
-    /// The gateway's reason, for a declined charge.
-    pub decline_reason: Option<String>,
-    pub created_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -86,15 +67,9 @@ async fn list_payments(
             "limit must be between 1 and {MAX_LIMIT}"
         )));
     }
-    let payments = sqlx::query_as(
-        "SELECT id, order_id, amount, currency, status, decline_reason, created_at FROM payments
-         WHERE ($1::uuid IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
-    )
-    .bind(params.before)
-    .bind(i64::from(limit))
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(payments))
+    Ok(Json(
+        store::list_payments(&state.pool, limit, params.before).await?,
+    ))
 }
 
 /// The payment of one order.
@@ -106,14 +81,10 @@ async fn get_payment(
 ) -> Result<Json<Payment>, ApiError> {
     let Path(order_id) =
         order_id.map_err(|_| ApiError::BadRequest("the order id must be a UUID".into()))?;
-    sqlx::query_as(
-        "SELECT id, order_id, amount, currency, status, decline_reason, created_at FROM payments WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .fetch_optional(&state.pool)
-    .await?
-    .map(Json)
-    .ok_or_else(|| ApiError::NotFound(format!("no payment for order {order_id}")))
+    store::payment_of(&state.pool, order_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no payment for order {order_id}")))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,21 +5,29 @@
 //! A map of the modules:
 //! - [`config`]: every setting, from flags or environment variables.
 //! - [`gateway`]: the payment gateway — over HTTP, or the built-in simulated one.
-//! - [`orders_in`]: the `order.created` handler — charges the orders not paid yet, then one
-//!   transaction per batch records the events, inserts the payments
-//!   (`ON CONFLICT (order_id) DO NOTHING`: never twice) and queues their
-//!   `payment.completed` / `payment.failed` events in the outbox.
+//! - [`store`]: PostgreSQL — typed payments, and the one place that decides which
+//!   payments are new (the inbox, then `ON CONFLICT (order_id) DO NOTHING`: never twice)
+//!   and queues their `payment.completed` / `payment.failed` events in the outbox.
+//! - [`on_order_created`]: the `order.created` handler — decodes, charges the orders not
+//!   paid yet, and stores the batch in one transaction.
 //! - [`http`]: `GET /payments`, `GET /payments/{order_id}`, OpenAPI and Swagger UI.
-//! - [`app`]: wires the HTTP API, the outbox relay and the consumer together.
+//! - [`app`]: wires the HTTP API, the outbox relay and the consumer together; [`build`].
 
 pub mod app;
 pub mod config;
 pub mod gateway;
 pub mod http;
-pub mod orders_in;
+pub mod on_order_created;
+pub mod store;
 
-pub use app::Application;
+pub use app::build;
 pub use config::Config;
 
-/// Schema migrations, embedded in the binary and run at start-up.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// This service's own schema migrations, embedded in the binary; the shared tables'
+/// (outbox, inbox) run before them.
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Brings a database to this service's schema: the shared tables, then its own.
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    outbox::migrator(&MIGRATIONS).await?.run(pool).await
+}

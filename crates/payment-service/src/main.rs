@@ -1,11 +1,11 @@
 use clap::Parser;
-use payment_service::{Application, Config};
+use payment_service::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     service_kit::init_tracing();
     let config = Config::parse();
-    let app = Application::build(config).await?;
+    let app = payment_service::build(config).await?;
     tracing::info!(port = app.port(), "payment-service listening");
     app.run_until_stopped(service_kit::shutdown_signal()).await
 }

@@ -71,7 +71,7 @@ async fn a_service_fed_only_poison_exits_and_says_why() {
         assert!(output.contains("CONSUMER_DLT_MAX_RATIO"), "{output}");
         assert!(output.contains("poison.invalid"), "{output}");
 
-        let dlt = consumer::dead_letter_topic(&topics.order_created);
+        let dlt = ::kafka::dead_letter_topic(&topics.order_created);
         let dead = client.record_count(&dlt).await.expect("count");
         assert!(
             dead < 20,

@@ -12,12 +12,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use consumer::dead_letter::headers;
-use rdkafka::config::ClientConfig;
+use kafka::dead_letter::headers;
+use kafka::{KafkaError, Record};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 
 /// The header a replayed record carries: `<dead-letter topic>/<partition>/<offset>`.
@@ -49,54 +49,9 @@ pub enum RedriveError {
     },
 }
 
-/// One record of a dead-letter topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// The dead-letter topic it was read from.
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    /// All headers, in order: the original ones, then the `dlt-*` diagnostics.
-    pub headers: Vec<(String, Vec<u8>)>,
-}
-
-impl DeadLetter {
-    /// The last value of header `name`, as text.
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-    }
-
-    /// The error class, or `unknown` for a record without one.
-    pub fn class(&self) -> String {
-        self.header(headers::ERROR_CLASS)
-            .unwrap_or_else(|| "unknown".into())
-    }
-
-    /// The key as text (lossy), or `-`.
-    pub fn key_text(&self) -> String {
-        self.key
-            .as_deref()
-            .map_or_else(|| "-".into(), |k| String::from_utf8_lossy(k).into_owned())
-    }
-
-    /// The headers the record had before it was dead-lettered.
-    pub fn original_headers(&self) -> impl Iterator<Item = &(String, Vec<u8>)> {
-        self.headers
-            .iter()
-            .filter(|(name, _)| !name.starts_with(headers::PREFIX))
-    }
-
-    /// `topic/partition/offset` of the dead letter itself.
-    pub fn locator(&self) -> String {
-        format!("{}/{}/{}", self.topic, self.partition, self.offset)
-    }
-}
+/// One record of a dead-letter topic, with all its headers in order: the original ones,
+/// then the `dlt-*` diagnostics.
+pub type DeadLetter = Record;
 
 /// Which dead letters to select; every field set must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -112,7 +67,9 @@ pub struct Filter {
 
 impl Filter {
     pub fn matches(&self, letter: &DeadLetter) -> bool {
-        self.class.as_ref().is_none_or(|c| *c == letter.class())
+        self.class
+            .as_ref()
+            .is_none_or(|c| *c == letter.dead_letter_class())
             && self
                 .key
                 .as_ref()
@@ -146,9 +103,7 @@ fn read_blocking(
 ) -> Result<Vec<DeadLetter>, RedriveError> {
     let deadline = Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(Instant::now());
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("broker.address.family", "v4")
+    let consumer: BaseConsumer = kafka::client_config(bootstrap)
         .set("group.id", format!("redrive-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
@@ -211,21 +166,7 @@ fn read_blocking(
         if message.offset() >= end {
             continue;
         }
-        let letter = DeadLetter {
-            topic: topic.to_owned(),
-            partition,
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-            headers: message
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        };
+        let letter = Record::from_message(&message);
         if filter.matches(&letter) {
             letters.push(letter);
         }
@@ -238,7 +179,7 @@ fn read_blocking(
 pub fn summary(letters: &[DeadLetter]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for letter in letters {
-        *counts.entry(letter.class()).or_default() += 1;
+        *counts.entry(letter.dead_letter_class()).or_default() += 1;
     }
     counts
 }
@@ -249,13 +190,13 @@ pub fn destination(
     to: Option<&str>,
 ) -> Result<(String, Option<i32>), RedriveError> {
     let partition = letter
-        .header(headers::ORIGINAL_PARTITION)
+        .last_header_text(headers::ORIGINAL_PARTITION)
         .and_then(|p| p.parse().ok());
     if let Some(to) = to {
         return Ok((to.to_owned(), None));
     }
     let topic = letter
-        .header(headers::ORIGINAL_TOPIC)
+        .last_header_text(headers::ORIGINAL_TOPIC)
         .ok_or(RedriveError::NoOrigin {
             topic: letter.topic.clone(),
             partition: letter.partition,
@@ -274,27 +215,17 @@ pub async fn replay(
     to: Option<&str>,
     mut progress: impl FnMut(&DeadLetter),
 ) -> Result<u64, RedriveError> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("broker.address.family", "v4")
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", "30000")
-        .create()?;
+    let producer: FutureProducer = kafka::reliable_producer(bootstrap)?;
     // Queued all at once (the idempotent producer keeps their order), acknowledged in turn.
     let mut deliveries = Vec::with_capacity(letters.len());
     for letter in letters {
         let (topic, partition) = destination(letter, to)?;
-        let mut headers: Vec<(String, Vec<u8>)> = letter.original_headers().cloned().collect();
-        headers.push((REDRIVEN_FROM.to_owned(), letter.locator().into_bytes()));
-        let headers = consumer::dead_letter::owned_headers(&headers);
-        let mut record = FutureRecord::<[u8], [u8]>::to(&topic).headers(headers);
-        if let Some(key) = &letter.key {
-            record = record.key(key.as_slice());
+        let replayed = Record {
+            headers: letter.original_headers().cloned().collect(),
+            ..letter.clone()
         }
-        if let Some(payload) = &letter.payload {
-            record = record.payload(payload.as_slice());
-        }
+        .header(REDRIVEN_FROM, letter.locator());
+        let mut record = replayed.to_send(&topic);
         if let Some(partition) = partition {
             record = record.partition(partition);
         }
@@ -354,18 +285,16 @@ mod tests {
     use super::*;
 
     fn letter(offset: i64, class: &str, key: &str) -> DeadLetter {
-        DeadLetter {
+        Record {
             topic: "order.created.DLT".into(),
             partition: 1,
             offset,
-            key: Some(key.as_bytes().to_vec()),
-            payload: Some(b"{}".to_vec()),
-            headers: vec![
-                ("trace".into(), b"abc".to_vec()),
-                (headers::ORIGINAL_TOPIC.into(), b"order.created".to_vec()),
-                (headers::ORIGINAL_PARTITION.into(), b"1".to_vec()),
-                (headers::ERROR_CLASS.into(), class.as_bytes().to_vec()),
-            ],
+            ..Record::new("{}")
+                .key(key)
+                .header("trace", "abc")
+                .header(headers::ORIGINAL_TOPIC, "order.created")
+                .header(headers::ORIGINAL_PARTITION, "1")
+                .header(headers::ERROR_CLASS, class)
         }
     }
 

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use consumer::dead_letter::headers;
+use kafka::dead_letter::headers;
 use testkit::Record;
 
 fn redrive(bootstrap: &str, args: &[&str]) -> String {
@@ -41,7 +41,7 @@ async fn list_groups_by_class_dry_run_sends_nothing_and_replay_sends_the_selecti
     let test = async {
         let kafka = testkit::kafka::broker().await.expect("kafka").client();
         let origin = testkit::unique_name("orders");
-        let dlt = consumer::dead_letter_topic(&origin);
+        let dlt = kafka::dead_letter_topic(&origin);
         kafka.create_topic(&origin, 2, 1).await.expect("topic");
         kafka.create_topic(&dlt, 1, 1).await.expect("DLT");
         kafka

@@ -1,15 +1,16 @@
 //! What the services share, so each service holds only what is its own:
 //! - [`problem`]: RFC 9457 problem responses, so every error has one shape;
-//! - [`lifecycle`]: connecting to PostgreSQL and Kafka at start-up, and running the HTTP
-//!   API, the outbox relay and the consumer as one unit that starts and stops together;
-//! - [`processed_events`]: recording the events a consumer applied, to apply each once;
+//! - [`lifecycle`]: connecting to PostgreSQL (running the shared and the service's own
+//!   migrations) and Kafka (creating the topics) at start-up, and the [`Application`]:
+//!   the HTTP API, the outbox relay and the consumer, run as one unit that starts and
+//!   stops together;
 //! - [`init_tracing`]: log lines to stderr, filtered by `RUST_LOG`;
 //! - [`shutdown_signal`]: Ctrl-C or SIGTERM.
 
 pub mod lifecycle;
 pub mod problem;
-pub mod processed_events;
 
+pub use lifecycle::{Application, Needs, Resources};
 pub use problem::Problem;
 
 /// Completes on Ctrl-C or SIGTERM.

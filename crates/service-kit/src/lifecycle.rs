@@ -1,15 +1,19 @@
 //! Start-up and shutdown of a service: its database, its Kafka producer, and three tasks
 //! — the HTTP API, the outbox relay and one consumer — that stop together.
+//!
+//! A service's `build` acquires its [`Resources`] and wires its router and consumer
+//! handler into an [`Application`]; `main` and the tests then call
+//! [`Application::run_until_stopped`].
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use consumer::{BatchHandler, ConsumerConfig, KafkaSettings};
+use consumer::{BatchHandler, ConsumerConfig, DeadLetterPolicy};
 use events::Topics;
+use kafka::KafkaSettings;
 use outbox::{Relay, RelayConfig};
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::FutureProducer;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
@@ -17,13 +21,14 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Connects a pool (bounded waits) and runs the service's migrations. `setting` names the
-/// variable the URL came from, for the error message.
+/// Connects a pool (bounded waits) and runs the shared tables' migrations and the
+/// service's own (`own`). `setting` names the variable the URL came from, for the error
+/// message.
 pub async fn connect_database(
     url: &str,
     max_connections: u32,
     acquire_timeout: Duration,
-    migrator: &Migrator,
+    own: &Migrator,
     setting: &str,
 ) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
@@ -32,24 +37,13 @@ pub async fn connect_database(
         .connect(url)
         .await
         .with_context(|| format!("connecting to PostgreSQL ({setting})"))?;
-    migrator
+    outbox::migrator(own)
+        .await
+        .context("reading database migrations")?
         .run(&pool)
         .await
         .context("running database migrations")?;
     Ok(pool)
-}
-
-/// Idempotent, `acks=all`: what Kafka acknowledged is written once and durable.
-pub fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("broker.address.family", "v4")
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .context("creating the Kafka producer")
 }
 
 /// What a service needs before it can serve.
@@ -60,7 +54,8 @@ pub struct Needs<'a> {
     pub database_setting: &'static str,
     pub db_pool: u32,
     pub db_acquire_timeout: Duration,
-    pub migrator: &'static Migrator,
+    /// The service's own migrations; the shared tables' run first.
+    pub migrations: &'static Migrator,
     pub kafka: &'a KafkaSettings,
 }
 
@@ -80,7 +75,7 @@ impl Resources {
             needs.database_url,
             needs.db_pool,
             needs.db_acquire_timeout,
-            needs.migrator,
+            needs.migrations,
             needs.database_setting,
         )
         .await?;
@@ -90,10 +85,10 @@ impl Resources {
         let mut names: Vec<String> = Vec::new();
         for topic in topics.all() {
             names.push(topic.to_owned());
-            names.push(consumer::dead_letter_topic(topic));
+            names.push(kafka::dead_letter_topic(topic));
         }
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        consumer::ensure_topics(
+        kafka::ensure_topics(
             &needs.kafka.kafka_bootstrap,
             &names,
             needs.kafka.topic_partitions,
@@ -101,7 +96,8 @@ impl Resources {
         )
         .await
         .context("creating topics (KAFKA_BOOTSTRAP)")?;
-        let producer = producer(&needs.kafka.kafka_bootstrap)?;
+        let producer = kafka::reliable_producer(&needs.kafka.kafka_bootstrap)
+            .context("creating the Kafka producer")?;
         let listener = TcpListener::bind(needs.listen)
             .await
             .with_context(|| format!("listening on {}", needs.listen))?;
@@ -118,23 +114,30 @@ impl Resources {
     }
 }
 
-/// Everything a service runs.
-pub struct Service<H> {
+/// A built service, listening but not yet serving: everything it runs.
+pub struct Application<H> {
     /// For log lines.
     pub name: &'static str,
     pub resources: Resources,
     pub router: axum::Router,
     pub consumer: ConsumerConfig,
+    /// Where the consumer's dead letters go, and when it stops instead.
+    pub dead_letters: DeadLetterPolicy,
     pub handler: H,
     /// Bound on everything after the shutdown signal.
     pub shutdown_timeout: Duration,
 }
 
-impl<H: BatchHandler> Service<H> {
+impl<H: BatchHandler> Application<H> {
+    /// The port actually bound (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.resources.port()
+    }
+
     /// Serves until `shutdown` completes. Then it stops taking requests and messages,
     /// finishes the batch in flight, commits consumer offsets and stops the relay, all
     /// within `shutdown_timeout`.
-    pub async fn run(
+    pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
@@ -150,7 +153,8 @@ impl<H: BatchHandler> Service<H> {
         // so that an orchestrator sees the process exit and the reason in its log.
         let consuming = tokio::spawn({
             let stop = stop.clone();
-            let running = consumer::run(self.consumer, self.handler, stop.clone());
+            let running =
+                consumer::run(self.consumer, self.handler, self.dead_letters, stop.clone());
             async move {
                 let result = running.await;
                 stop.cancel();

@@ -179,9 +179,26 @@ impl ClusterBroker {
 
     /// Freezes every process of the broker (SIGSTOP-like); it stops answering but keeps
     /// its connections open.
+    ///
+    /// Tried up to five times: with cgroup v1, the freezer can fail to freeze a JVM that
+    /// is busy creating threads, and `runc pause` then gives up at once.
     pub async fn pause(&self) -> Result<()> {
         let container = self.container.clone();
-        on_testkit(async move { Ok(container.pause().await?) }).await
+        on_testkit(async move {
+            let mut attempt = 1;
+            loop {
+                match container.pause().await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if attempt < 5 => {
+                        tracing::warn!(error = %e, attempt, "pausing a broker failed; trying again");
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        })
+        .await
     }
 
     pub async fn unpause(&self) -> Result<()> {

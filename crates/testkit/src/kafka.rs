@@ -13,9 +13,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::metadata::Metadata;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use testcontainers::core::ContainerPort;
 use testcontainers::runners::AsyncRunner;
@@ -26,6 +25,10 @@ use crate::engine::{self, bind_loopback, labelled};
 use crate::images::{kafka_image, KAFKA_LAUNCH_SCRIPT};
 use crate::runtime::{on_testkit, spawn_detached};
 use crate::{names, Error, Result};
+
+/// A record to produce, or one read back (then with the topic, partition and offset it
+/// was read from): the platform's one owned record type.
+pub use ::kafka::Record;
 
 /// The port every node listens on for clients, inside its container.
 pub(crate) const CLIENT_PORT: u16 = 9092;
@@ -253,50 +256,6 @@ impl Node {
     }
 }
 
-/// A record to produce, or one read back.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Record {
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    /// In order; a header may repeat.
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// Where the record was read from (set by [`Kafka::read_topic`]).
-    pub partition: i32,
-    pub offset: i64,
-}
-
-impl Record {
-    pub fn new(payload: impl Into<Vec<u8>>) -> Self {
-        Self {
-            payload: Some(payload.into()),
-            ..Self::default()
-        }
-    }
-
-    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// The payload as text (lossy for bytes that are not UTF-8; empty if none).
-    pub fn payload_text(&self) -> String {
-        String::from_utf8_lossy(self.payload.as_deref().unwrap_or_default()).into_owned()
-    }
-
-    /// The first header called `name`.
-    pub fn header_value(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
-    }
-}
-
 /// Helpers bound to one bootstrap address. Every call is bounded in time.
 #[derive(Debug, Clone)]
 pub struct Kafka {
@@ -317,28 +276,18 @@ impl Kafka {
     /// A client configuration with this bootstrap address and bounded timeouts; add to it
     /// for producers and consumers of your own.
     pub fn config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("broker.address.family", "v4")
-            .set("socket.timeout.ms", "10000");
-        config
+        ::kafka::client_config(&self.bootstrap)
     }
 
     /// The configuration of [`Self::producer`], to adjust before `create()`.
     pub fn producer_config(&self) -> ClientConfig {
-        let mut config = self.config();
-        config
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "30000");
-        config
+        ::kafka::reliable_producer_config(&self.bootstrap)
     }
 
-    /// A producer that cannot lose or duplicate what the broker acknowledged:
-    /// `acks=all` and idempotence on; a record not acknowledged in 30 s fails.
+    /// The platform's reliable producer: it cannot lose or duplicate what the broker
+    /// acknowledged (`acks=all`, idempotence on); a record not acknowledged in 30 s fails.
     pub fn producer(&self) -> Result<FutureProducer> {
-        Ok(self.producer_config().create()?)
+        Ok(::kafka::reliable_producer(&self.bootstrap)?)
     }
 
     /// Creates a topic and waits until every partition has a leader.
@@ -415,7 +364,7 @@ impl Kafka {
             let mut stream = consumer.stream();
             while records.len() < count {
                 match stream.next().await {
-                    Some(Ok(message)) => records.push(to_record(&message)),
+                    Some(Ok(message)) => records.push(Record::from_message(&message)),
                     Some(Err(e)) => last_error = Some(e),
                     None => break,
                 }
@@ -538,44 +487,11 @@ pub async fn produce_with(
     topic: &str,
     record: &Record,
 ) -> Result<(i32, i64)> {
-    let mut headers = OwnedHeaders::new();
-    for (name, value) in &record.headers {
-        headers = headers.insert(Header {
-            key: name,
-            value: Some(value),
-        });
-    }
-    let mut future = FutureRecord::to(topic).headers(headers);
-    if let Some(key) = &record.key {
-        future = future.key(key);
-    }
-    if let Some(payload) = &record.payload {
-        future = future.payload(payload);
-    }
     let delivery = producer
-        .send(future, CALL_TIMEOUT)
+        .send(record.to_send(topic), CALL_TIMEOUT)
         .await
         .map_err(|(e, _)| Error::Kafka(e))?;
     Ok((delivery.partition, delivery.offset))
-}
-
-fn to_record(message: &impl Message) -> Record {
-    let headers = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default();
-    Record {
-        key: message.key().map(<[u8]>::to_vec),
-        payload: message.payload().map(<[u8]>::to_vec),
-        headers,
-        partition: message.partition(),
-        offset: message.offset(),
-    }
 }
 
 #[cfg(test)]

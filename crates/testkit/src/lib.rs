@@ -32,8 +32,8 @@ pub mod names;
 pub mod postgres;
 pub mod runtime;
 
+pub use crate::kafka::{KafkaBroker, Record};
 pub use cluster::{ClusterBroker, KafkaCluster};
 pub use error::{Error, Result};
-pub use kafka::{KafkaBroker, Record};
 pub use names::unique_name;
 pub use postgres::{PostgresServer, TestDatabase};

@@ -167,10 +167,10 @@ fn print_lines(letters: &[DeadLetter]) {
     );
     for l in letters {
         let attempts = l
-            .header(consumer::dead_letter::headers::ATTEMPTS)
+            .last_header_text(kafka::dead_letter::headers::ATTEMPTS)
             .unwrap_or_default();
         let message = l
-            .header(consumer::dead_letter::headers::ERROR_MESSAGE)
+            .last_header_text(kafka::dead_letter::headers::ERROR_MESSAGE)
             .unwrap_or_default();
         let message: String = message.chars().take(100).collect();
         println!(
@@ -178,7 +178,7 @@ fn print_lines(letters: &[DeadLetter]) {
             l.partition,
             l.offset,
             l.key_text(),
-            l.class(),
+            l.dead_letter_class(),
             attempts
         );
     }

@@ -1,9 +1,8 @@
-//! The consumer side of applying each event once: a service records, in the same
-//! transaction as the event's effects, the ids of the events it applied. A redelivered or
+//! The inbox, the outbox's mirror on the consuming side: a service records, in the same
+//! transaction as an event's effects, the id of each event it applied. A redelivered or
 //! replayed event is then recognised and changes nothing.
 //!
-//! Each service's migrations create the table:
-//! `processed_events (consumer TEXT, event_id UUID, processed_at TIMESTAMPTZ, PRIMARY KEY (consumer, event_id))`.
+//! The table (`processed_events`) is created by this crate's migrations.
 
 use std::collections::HashSet;
 

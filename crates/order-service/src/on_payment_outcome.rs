@@ -1,21 +1,21 @@
 //! Consumes the payment outcome: `payment.completed` moves an order from `PENDING` to
 //! `PAID`, `payment.failed` from `PENDING` to `PAYMENT_FAILED`.
 //!
-//! One transaction per batch: the events' ids go into `processed_events` (a redelivered
+//! The payload type is chosen by the event type the message declares, whatever topic it
+//! came from. One transaction per batch: the events' ids go into the inbox (a redelivered
 //! event is recognised there and changes nothing), then one `UPDATE` per outcome moves
 //! the orders. Only a `PENDING` order moves, so an order's outcome is set once.
 
-use consumer::{BatchHandler, Failure, Incoming, Outcome, Transient};
-use events::{DecodeError, Envelope, EventType, PaymentCompleted, PaymentFailed, Topics};
+use consumer::{BatchHandler, Failure, Outage, Outcome, Record};
+use events::{DecodeError, Envelope, EventType, PaymentCompleted, PaymentFailed};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 /// The name this consumer records its processed events under.
 pub const CONSUMER: &str = "order-service.payments";
 
-pub struct PaymentsHandler {
+pub struct OnPaymentOutcome {
     pub pool: PgPool,
-    pub topics: Topics,
 }
 
 /// What a payment event means for its order.
@@ -25,44 +25,53 @@ struct Settlement {
     paid: bool,
 }
 
-impl PaymentsHandler {
-    fn decode(&self, message: &Incoming) -> Result<Settlement, DecodeError> {
-        let payload = message.payload.as_deref();
-        if message.topic == self.topics.payment_failed {
-            let e = Envelope::<PaymentFailed>::decode(payload, EventType::PaymentFailed)?;
-            Ok(Settlement {
-                event_id: e.event_id,
-                order_id: e.payload.order_id,
-                paid: false,
-            })
-        } else {
-            let e = Envelope::<PaymentCompleted>::decode(payload, EventType::PaymentCompleted)?;
-            Ok(Settlement {
-                event_id: e.event_id,
-                order_id: e.payload.order_id,
-                paid: true,
-            })
+impl Settlement {
+    fn decode(message: &Record) -> Result<Self, DecodeError> {
+        let bytes = message.payload.as_deref();
+        match EventType::of(bytes, "payment.completed or payment.failed")? {
+            EventType::PaymentCompleted => {
+                let e = Envelope::<PaymentCompleted>::decode(bytes)?;
+                Ok(Self {
+                    event_id: e.event_id,
+                    order_id: e.payload.order_id,
+                    paid: true,
+                })
+            }
+            EventType::PaymentFailed => {
+                let e = Envelope::<PaymentFailed>::decode(bytes)?;
+                Ok(Self {
+                    event_id: e.event_id,
+                    order_id: e.payload.order_id,
+                    paid: false,
+                })
+            }
+            other => Err(DecodeError::WrongType {
+                expected: "payment.completed or payment.failed",
+                got: other.name(),
+            }),
         }
     }
 }
 
-impl BatchHandler for PaymentsHandler {
-    async fn handle(&self, batch: &[Incoming]) -> Result<Vec<Outcome>, Transient> {
+impl BatchHandler for OnPaymentOutcome {
+    async fn handle(&self, batch: &[Record]) -> Result<Vec<Outcome>, Outage> {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut settlements = Vec::new();
         for message in batch {
-            match self.decode(message) {
+            match Settlement::decode(message) {
                 Ok(settlement) => {
                     settlements.push(settlement);
-                    outcomes.push(Outcome::Done);
+                    outcomes.push(Outcome::Applied);
                 }
-                Err(e) => outcomes.push(Outcome::Poison(Failure::new(e.class(), e.to_string()))),
+                Err(e) => {
+                    outcomes.push(Outcome::DeadLetter(Failure::new(e.class(), e.to_string())));
+                }
             }
         }
         if !settlements.is_empty() {
             settle(&self.pool, &settlements)
                 .await
-                .map_err(|e| Transient(format!("order database: {e}")))?;
+                .map_err(|e| Outage(format!("order database: {e}")))?;
         }
         Ok(outcomes)
     }
@@ -71,7 +80,7 @@ impl BatchHandler for PaymentsHandler {
 async fn settle(pool: &PgPool, settlements: &[Settlement]) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
     let event_ids: Vec<Uuid> = settlements.iter().map(|s| s.event_id).collect();
-    let fresh = service_kit::processed_events::record_new(&mut tx, CONSUMER, &event_ids).await?;
+    let fresh = outbox::inbox::record_new(&mut tx, CONSUMER, &event_ids).await?;
     let orders = |paid: bool| -> Vec<Uuid> {
         settlements
             .iter()

@@ -1,0 +1,34 @@
+//! The Kafka foundation of the platform: everything about talking to Kafka that more than
+//! one crate needs, in one place.
+//!
+//! - [`client`]: the base client configuration and the **one** reliable-producer recipe
+//!   (`acks=all`, idempotent) that the relay, the dead-letter writer, redrive and the test
+//!   kit all use;
+//! - [`record`]: [`Record`], an owned Kafka record — copied from a consumed message, or
+//!   built to be produced — with its headers in order;
+//! - [`topics`]: creating topics at start-up, and [`KafkaSettings`], the Kafka part of
+//!   every service's command line;
+//! - [`dead_letter`]: the dead-letter topic of a topic and the `dlt-*` diagnostic headers.
+//!
+//! The consume loop itself lives in the `consumer` crate.
+
+pub mod client;
+pub mod dead_letter;
+pub mod record;
+pub mod topics;
+
+pub use client::{client_config, reliable_producer, reliable_producer_config};
+pub use dead_letter::dead_letter_topic;
+pub use record::Record;
+pub use topics::{ensure_topics, KafkaSettings};
+
+/// Re-exported so that crates above need no rdkafka version of their own to name these.
+pub use rdkafka::error::KafkaError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kafka: {0}")]
+    Client(#[from] KafkaError),
+    #[error("creating topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
+}

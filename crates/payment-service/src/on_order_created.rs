@@ -1,0 +1,131 @@
+//! Consumes `order.created`: charges each order through the payment gateway, stores one
+//! payment per order — `COMPLETED` or, when declined, `FAILED` — and queues
+//! `payment.completed` or `payment.failed` for it.
+//!
+//! Per batch:
+//! 1. decode every message; what does not decode is poison (dead-lettered by the runner);
+//! 2. with a remote gateway, one query finds the orders that already have a payment (a
+//!    redelivery or replay), so the gateway is not asked again; the simulated gateway
+//!    costs nothing to ask again, so the hot path skips that round trip;
+//! 3. the other orders are charged, concurrently when the gateway is remote. A charge
+//!    that fails transiently asks the runner to retry that message alone; one the gateway
+//!    refuses is dead-lettered;
+//! 4. one transaction stores what is new ([`crate::store::store_new`], the one place that
+//!    decides it) and queues the new payments' events in the outbox.
+//!
+//! A database error at any step is an outage: the runner retries the whole batch, and
+//! the charges are repeated under the same idempotency key, which cannot charge twice.
+
+use std::collections::{HashMap, HashSet};
+
+use consumer::{BatchHandler, Failure, Outage, Outcome, Record};
+use events::{Envelope, OrderCreated, Topics};
+use futures::StreamExt;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::gateway::{Charge, ChargeRequest, Gateway, GatewayError};
+use crate::store::{self, NewPayment};
+
+pub struct OnOrderCreated {
+    pub pool: PgPool,
+    pub topics: Topics,
+    pub gateway: Gateway,
+    /// Most charges in flight at once, for a remote gateway.
+    pub gateway_concurrency: usize,
+}
+
+impl BatchHandler for OnOrderCreated {
+    async fn handle(&self, batch: &[Record]) -> Result<Vec<Outcome>, Outage> {
+        let mut outcomes = vec![Outcome::Applied; batch.len()];
+        let mut orders: Vec<(usize, Envelope<OrderCreated>)> = Vec::new();
+        for (index, message) in batch.iter().enumerate() {
+            match Envelope::<OrderCreated>::decode(message.payload.as_deref()) {
+                Ok(event) => orders.push((index, event)),
+                Err(e) => {
+                    outcomes[index] = Outcome::DeadLetter(Failure::new(e.class(), e.to_string()));
+                }
+            }
+        }
+        if orders.is_empty() {
+            return Ok(outcomes);
+        }
+        let outage = |e: sqlx::Error| Outage(format!("payment database: {e}"));
+
+        let paid: HashSet<Uuid> = if self.gateway.is_remote() {
+            let order_ids: Vec<Uuid> = orders.iter().map(|(_, e)| e.payload.order_id).collect();
+            store::paid_orders(&self.pool, &order_ids)
+                .await
+                .map_err(outage)?
+                .into_iter()
+                .collect()
+        } else {
+            HashSet::new()
+        };
+
+        let charges = self.charge_all(&orders, &paid).await;
+        let mut applied = Vec::with_capacity(orders.len());
+        let mut charged = Vec::with_capacity(orders.len());
+        for (index, event) in &orders {
+            // A message repeated in the batch shares its order's one charge.
+            match charges.get(&event.payload.order_id) {
+                // Paid before.
+                None => applied.push(event.event_id),
+                Some(Ok(charge)) => {
+                    applied.push(event.event_id);
+                    charged.push(NewPayment {
+                        event,
+                        charge: charge.clone(),
+                    });
+                }
+                Some(Err(e)) => outcomes[*index] = e.outcome(),
+            }
+        }
+        let mut tx = self.pool.begin().await.map_err(outage)?;
+        let stored = store::store_new(&mut tx, &self.topics, &applied, &charged)
+            .await
+            .map_err(outage)?;
+        tx.commit().await.map_err(outage)?;
+        tracing::debug!(
+            events = applied.len(),
+            charged = charged.len(),
+            stored = stored.len(),
+            "orders charged"
+        );
+        Ok(outcomes)
+    }
+}
+
+impl OnOrderCreated {
+    /// Charges each order not in `paid`, once per order even if the batch holds it twice.
+    async fn charge_all(
+        &self,
+        orders: &[(usize, Envelope<OrderCreated>)],
+        paid: &HashSet<Uuid>,
+    ) -> HashMap<Uuid, Result<Charge, GatewayError>> {
+        let mut seen = HashSet::new();
+        let requests: Vec<ChargeRequest> = orders
+            .iter()
+            .map(|(_, e)| &e.payload)
+            .filter(|o| !paid.contains(&o.order_id) && seen.insert(o.order_id))
+            .map(|o| ChargeRequest {
+                order_id: o.order_id,
+                amount: o.amount,
+                currency: o.currency,
+            })
+            .collect();
+        let concurrency = if self.gateway.is_remote() {
+            self.gateway_concurrency.max(1)
+        } else {
+            1
+        };
+        futures::stream::iter(requests)
+            .map(|request| async move {
+                let result = self.gateway.charge(&request).await;
+                (request.order_id, result)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await
+    }
+}
