@@ -3,25 +3,16 @@
 
 use anyhow::Context;
 use consumer::DeadLetterPolicy;
-use service_kit::{Application, Needs, Resources};
+use service_kit::{Application, Resources};
 
 use crate::http::{router, AppState};
 use crate::on_payment_outcome::OnPaymentOutcome;
-use crate::{Config, MIGRATIONS};
+use crate::Config;
 
 /// Connects to PostgreSQL, runs the migrations, creates missing topics, binds the
 /// listener and wires the service. Fails with a message naming what could not be reached.
 pub async fn build(config: Config) -> anyhow::Result<Application<OnPaymentOutcome>> {
-    let resources = Resources::acquire(Needs {
-        listen: config.listen,
-        database_url: &config.database_url,
-        database_setting: "ORDER_DATABASE_URL",
-        db_pool: config.db_pool,
-        db_acquire_timeout: config.db_acquire_timeout(),
-        migrations: &MIGRATIONS,
-        kafka: &config.kafka,
-    })
-    .await?;
+    let resources = Resources::acquire(config.needs()).await?;
     let topics = config.topics();
     let bootstrap = &config.kafka.kafka_bootstrap;
     Ok(Application {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use consumer::ConsumerSettings;
 use kafka::KafkaSettings;
+use service_kit::Needs;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -50,6 +51,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// What the service needs before it can serve, from these settings.
+    pub fn needs(&self) -> Needs<'_> {
+        Needs {
+            listen: self.listen,
+            database_url: &self.database_url,
+            database_setting: "ORDER_DATABASE_URL",
+            db_pool: self.db_pool,
+            db_acquire_timeout: self.db_acquire_timeout(),
+            migrations: &crate::MIGRATIONS,
+            kafka: &self.kafka,
+        }
+    }
+
     pub fn db_acquire_timeout(&self) -> Duration {
         Duration::from_secs(self.db_acquire_timeout_secs)
     }
