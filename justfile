@@ -62,6 +62,15 @@ ps:
 redrive *ARGS:
     @cargo run --quiet -p redrive -- {{ARGS}}
 
+# Parked outbox rows of a service's database: `just outbox order parked`, `just outbox payment requeue`
+[group('operate')]
+outbox SERVICE *ARGS:
+    @case "{{SERVICE}}" in \
+      order) url="${ORDER_DATABASE_URL:-postgres://orders:orders@127.0.0.1:5432/orders}" ;; \
+      payment) url="${PAYMENT_DATABASE_URL:-postgres://orders:orders@127.0.0.1:5432/payments}" ;; \
+      *) echo "just outbox: SERVICE is order or payment, not {{SERVICE}}" >&2; exit 2 ;; \
+    esac; DATABASE_URL="$url" cargo run --quiet -p outbox --bin outbox -- {{ARGS}}
+
 # Run the whole suite on real Kafka and PostgreSQL; fails if it leaves a container behind
 [group('test')]
 test *ARGS:

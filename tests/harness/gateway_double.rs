@@ -63,6 +63,17 @@ pub async fn charges_containing(gateway: &MockServer, text: &str) -> Vec<Request
         .collect()
 }
 
+/// The charge requests the gateway received for each of `records`' orders (keyed by
+/// order id), in order.
+pub async fn charges_per_order(gateway: &MockServer, records: &[testkit::Record]) -> Vec<usize> {
+    let mut counts = Vec::new();
+    for record in records {
+        let id = crate::helpers::key_text(record);
+        counts.push(charges_containing(gateway, &id).await.len());
+    }
+    counts
+}
+
 /// payment-service on a database of its own, charging through `gateway`, with the fault
 /// tests' settings ([`payment_config`]).
 pub async fn payment_service_through(

@@ -44,9 +44,12 @@ pub struct RunningService {
     pub http: reqwest::Client,
     /// The topic names this service uses (its own prefix).
     pub topics: events::Topics,
+    /// Its consumer group: the test's own, so tests running at once never rebalance
+    /// each other.
+    pub group: String,
     /// Sends the shutdown signal; dropping it stops the service too.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<consumer::Stats>>>,
 }
 
 impl RunningService {
@@ -54,9 +57,10 @@ impl RunningService {
         port: u16,
         db: testkit::TestDatabase,
         topics: events::Topics,
+        group: String,
         run: impl FnOnce(
             tokio::sync::oneshot::Receiver<()>,
-        ) -> tokio::task::JoinHandle<anyhow::Result<()>>,
+        ) -> tokio::task::JoinHandle<anyhow::Result<consumer::Stats>>,
     ) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = run(stopped);
@@ -69,20 +73,27 @@ impl RunningService {
             db,
             http,
             topics,
+            group,
             stop: Some(stop),
             task: Some(task),
         }
     }
 
-    /// Sends the shutdown signal and waits until the service has stopped.
-    pub async fn shut_down(&mut self) {
+    /// Sends the shutdown signal and waits until the service has stopped cleanly;
+    /// returns what its consumer did.
+    pub async fn shut_down(&mut self) -> consumer::Stats {
+        self.stop_and_wait().await.expect("service stopped cleanly")
+    }
+
+    /// Sends the shutdown signal and returns how the service ended: its consumer's
+    /// counts, or why it did not stop cleanly.
+    pub async fn stop_and_wait(&mut self) -> anyhow::Result<consumer::Stats> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
-            task.await
-                .expect("service task")
-                .expect("service stopped cleanly");
+        match self.task.take() {
+            Some(task) => task.await.expect("service task"),
+            None => Ok(consumer::Stats::default()),
         }
     }
 
@@ -114,11 +125,24 @@ pub fn topic_prefix() -> String {
     format!("{}.", testkit::unique_name("t"))
 }
 
-/// order-service on `bootstrap`, with topics named `prefix` + standard name.
+/// order-service on `bootstrap`, with topics named `prefix` + standard name and the
+/// consumer group `prefix` + `order-service`.
 pub async fn order_service(bootstrap: &str, prefix: &str) -> RunningService {
     let db = fresh_database().await;
-    let config = order_service::Config::for_test(&db.url, bootstrap, prefix);
+    let config = order_config(&db, bootstrap, prefix);
     running_order_service(db, config).await
+}
+
+/// order-service's test settings: the defaults, on port 0, with the test's own topics
+/// and consumer group.
+pub fn order_config(
+    db: &testkit::TestDatabase,
+    bootstrap: &str,
+    prefix: &str,
+) -> order_service::Config {
+    let mut config = order_service::Config::for_test(&db.url, bootstrap, prefix);
+    config.consumer_group = format!("{prefix}order-service");
+    config
 }
 
 /// order-service with a configuration of the test's own.
@@ -128,11 +152,12 @@ pub async fn running_order_service(
 ) -> RunningService {
     config.consumer.batch_size = 200;
     let topics = config.topics();
+    let group = config.consumer_group.clone();
     let app = order_service::build(config)
         .await
         .expect("build order-service");
     let port = app.port();
-    RunningService::new(port, db, topics, |stopped| {
+    RunningService::new(port, db, topics, group, |stopped| {
         tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }))
@@ -151,6 +176,7 @@ pub async fn payment_service_on(
     prefix: &str,
 ) -> RunningService {
     let mut config = payment_service::Config::for_test(&db.url, bootstrap, prefix);
+    config.consumer_group = format!("{prefix}payment-service");
     config.consumer.batch_size = 200;
     running_payment_service(db, config).await
 }
@@ -164,6 +190,7 @@ pub fn payment_config(
     gateway: Option<&str>,
 ) -> payment_service::Config {
     let mut config = payment_service::Config::for_test(&db.url, bootstrap, prefix);
+    config.consumer_group = format!("{prefix}payment-service");
     config.gateway_url = gateway.map(str::to_owned);
     config.gateway_timeout_ms = 500;
     config.db_acquire_timeout_secs = 2;
@@ -180,11 +207,12 @@ pub async fn running_payment_service(
     config: payment_service::Config,
 ) -> RunningService {
     let topics = config.topics();
+    let group = config.consumer_group.clone();
     let app = payment_service::build(config)
         .await
         .expect("build payment-service");
     let port = app.port();
-    RunningService::new(port, db, topics, |stopped| {
+    RunningService::new(port, db, topics, group, |stopped| {
         tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }))
@@ -299,15 +327,14 @@ pub async fn dead_letters(
     count: usize,
 ) -> Vec<testkit::Record> {
     let dlt = kafka::dead_letter_topic(topic);
-    let letters = kafka
-        .read_topic(&dlt, count, MINUTES_2)
-        .await
-        .expect("dead letters");
-    assert_eq!(
-        records_on(kafka, &dlt).await,
-        count as i64,
-        "no other dead letters"
-    );
+    eventually(
+        MINUTES_2,
+        &format!("{count} dead letters on {dlt}"),
+        || async { records_on(kafka, &dlt).await >= count as i64 },
+    )
+    .await;
+    let letters = kafka.read_all(&dlt, MINUTES_2).await.expect("dead letters");
+    assert_eq!(letters.len(), count, "no other dead letters");
     letters
 }
 

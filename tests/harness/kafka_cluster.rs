@@ -80,10 +80,7 @@ async fn writes_and_reads_go_on_when_a_broker_is_killed_and_it_rejoins_after_res
         expected.extend(write(kafka, &topic, "during", 50).await);
         let new_leader = leader_of_partition_zero(kafka, &topic).await;
         assert_ne!(new_leader, victim, "a surviving broker leads partition 0");
-        let read = kafka
-            .read_topic(&topic, expected.len(), MINUTES_2)
-            .await
-            .expect("read");
+        let read = kafka.read_all(&topic, MINUTES_2).await.expect("read");
         expected.sort();
         assert_eq!(
             values(&read),
@@ -130,11 +127,91 @@ async fn writes_go_on_while_a_broker_is_paused_and_after_one_is_stopped_and_star
             .expect("the stopped broker rejoins");
 
         let read = kafka
-            .read_topic(&topic, expected.len(), Duration::from_secs(60))
+            .read_all(&topic, Duration::from_secs(60))
             .await
             .expect("read");
         expected.sort();
         assert_eq!(values(&read), expected);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn topics_take_the_brokers_replication_two_in_sync_and_dead_letter_topics_room_and_time() {
+    within(MINUTES_5, async {
+        let cluster = KafkaCluster::start().await.expect("cluster");
+        let kafka = cluster.client();
+        let settings = ::kafka::KafkaSettings {
+            kafka_bootstrap: kafka.bootstrap().to_owned(),
+            topic_prefix: format!("{}.", unique_name("shape")),
+            topic_partitions: 6,
+            // Unset, as by default: the brokers' default.replication.factor (3 here).
+            topic_replication: None,
+            topic_dlt_retention_ms: None,
+        };
+        let topics = events::Topics::with_prefix(&settings.topic_prefix);
+        settings.ensure_topics(&topics.all()).await.expect("topics");
+
+        let names: Vec<String> = topics
+            .all()
+            .iter()
+            .flat_map(|t| [t.to_string(), ::kafka::dead_letter_topic(t)])
+            .collect();
+        let known = |m: &rdkafka::metadata::Metadata| {
+            names.iter().all(|n| {
+                m.topics()
+                    .iter()
+                    .any(|t| t.name() == n && t.partitions().iter().all(|p| p.leader() >= 0))
+            })
+        };
+        let started = std::time::Instant::now();
+        let metadata = loop {
+            let metadata = kafka.metadata().await.expect("metadata");
+            if known(&metadata) {
+                break metadata;
+            }
+            let seen: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+            assert!(
+                started.elapsed() < MINUTES_2,
+                "the six topics were not all created: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        for name in topics.all() {
+            let dlt = ::kafka::dead_letter_topic(name);
+            for topic in [name, dlt.as_str()] {
+                let described = metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .unwrap_or_else(|| panic!("{topic} exists"));
+                assert_eq!(described.partitions().len(), 6, "{topic}");
+                assert!(
+                    described
+                        .partitions()
+                        .iter()
+                        .all(|p| p.replicas().len() == 3),
+                    "{topic}: three replicas"
+                );
+                let config = kafka.topic_config(topic).await.expect("config");
+                assert_eq!(config["min.insync.replicas"], "2", "{topic}");
+            }
+            let source = kafka.topic_config(name).await.expect("source");
+            let dead = kafka.topic_config(&dlt).await.expect("dlt");
+            let number = |c: &std::collections::BTreeMap<String, String>, k: &str| -> i64 {
+                c[k].parse().expect("number")
+            };
+            assert_eq!(
+                number(&dead, "max.message.bytes"),
+                number(&source, "max.message.bytes") + ::kafka::topics::DEAD_LETTER_HEADROOM,
+                "{dlt}: room for the largest source record and its headers"
+            );
+            assert_eq!(
+                number(&dead, "retention.ms"),
+                4 * number(&source, "retention.ms"),
+                "{dlt}: kept longer than what it came from"
+            );
+        }
     })
     .await;
 }

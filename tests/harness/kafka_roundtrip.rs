@@ -22,7 +22,7 @@ async fn a_record_comes_back_with_its_key_value_and_headers_unchanged() {
             .header("empty", Vec::new());
         let (partition, offset) = kafka.produce(&topic, &sent).await.expect("produce");
 
-        let read = kafka.read_topic(&topic, 1, SECONDS_30).await.expect("read");
+        let read = kafka.read_all(&topic, SECONDS_30).await.expect("read");
         assert_eq!(read.len(), 1);
         let got = &read[0];
         assert_eq!(got.key, sent.key);
@@ -52,10 +52,8 @@ async fn records_with_the_same_key_are_read_in_the_order_they_were_written() {
                 .expect("produce");
         }
 
-        let read = kafka
-            .read_topic(&topic, 30, SECONDS_30)
-            .await
-            .expect("read");
+        let read = kafka.read_all(&topic, SECONDS_30).await.expect("read");
+        assert_eq!(read.len(), 30, "every record, once");
         for key in ["order-0", "order-1", "order-2"] {
             let values: Vec<i32> = read
                 .iter()

@@ -15,3 +15,4 @@ mod outages;
 mod outbox_relay;
 mod payment_gateway;
 mod postgres_isolation;
+mod shutdown;

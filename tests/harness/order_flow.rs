@@ -126,7 +126,7 @@ async fn duplicated_and_replayed_events_pay_each_order_once() {
         }
         until_committed(
             client,
-            "payment-service",
+            &payments.group,
             &topics.order_created,
             100,
             Duration::from_secs(60),
@@ -151,11 +151,11 @@ async fn duplicated_and_replayed_events_pay_each_order_once() {
         // The whole topic again, from offset 0, to a new consumer group on the same data.
         let db = payments.into_database().await;
         let mut config = payment_service::Config::for_test(&db.url, kafka.bootstrap(), &prefix);
-        config.consumer_group = "payment-service-replay".into();
+        config.consumer_group = format!("{prefix}payment-service-replay");
         let replay = crate::helpers::running_payment_service(db, config).await;
         until_committed(
             client,
-            "payment-service-replay",
+            &replay.group,
             &topics.order_created,
             100,
             Duration::from_secs(60),
@@ -208,12 +208,27 @@ async fn a_shutdown_under_load_commits_exactly_what_it_processed_and_a_restart_f
             .create_topic(&topics.order_created, 6, 1)
             .await
             .expect("topic");
-        let producer = client.producer().expect("producer");
-        for record in order_created_records(3000) {
-            kafka::produce_with(&producer, &topics.order_created, &record)
-                .await
-                .expect("produce");
-        }
+        let records = order_created_records(3000);
+        let written = client
+            .produce_all(&topics.order_created, &records)
+            .await
+            .expect("produce");
+        // Where each event went, by its id.
+        let place: std::collections::HashMap<Uuid, (i32, i64)> = records
+            .iter()
+            .zip(written)
+            .map(|(record, place)| {
+                let event: Value =
+                    serde_json::from_slice(record.payload.as_deref().unwrap_or_default())
+                        .expect("event");
+                let id = event["event_id"]
+                    .as_str()
+                    .expect("id")
+                    .parse()
+                    .expect("uuid");
+                (id, place)
+            })
+            .collect();
 
         let mut payments = payment_service(kafka.bootstrap(), &prefix).await;
         eventually(Duration::from_secs(60), "some payments made", || async {
@@ -222,14 +237,39 @@ async fn a_shutdown_under_load_commits_exactly_what_it_processed_and_a_restart_f
         .await;
         payments.shut_down().await;
 
-        let processed = payments.count("processed_events").await;
+        // Partition by partition: the events processed are exactly those before the
+        // committed offset — nothing processed is left uncommitted, nothing unprocessed
+        // committed. A sum over partitions could hide one behind the other.
+        let processed: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM processed_events")
+            .fetch_all(payments.db.pool())
+            .await
+            .expect("processed");
         let committed = client
-            .committed_total("payment-service", &topics.order_created)
+            .committed_offsets(&payments.group, &topics.order_created)
             .await
             .expect("committed offsets");
-        assert_eq!(
-            committed, processed,
-            "every processed message is committed, and nothing else"
+        let mut processed_at: std::collections::BTreeMap<i32, Vec<i64>> = Default::default();
+        for id in &processed {
+            let (partition, offset) = place[id];
+            processed_at.entry(partition).or_default().push(offset);
+        }
+        assert_eq!(committed.len(), 6);
+        for (partition, next) in &committed {
+            let mut offsets = processed_at.remove(partition).unwrap_or_default();
+            offsets.sort_unstable();
+            assert_eq!(
+                offsets,
+                (0..*next).collect::<Vec<i64>>(),
+                "partition {partition}: processed exactly what is committed"
+            );
+        }
+        assert!(
+            processed_at.is_empty(),
+            "processed on no committed partition"
+        );
+        assert!(
+            (processed.len() as i64) < 3000,
+            "the shutdown landed under load, not after the end"
         );
 
         let restarted =
@@ -298,7 +338,7 @@ async fn a_payment_delivered_twice_and_replayed_marks_its_order_paid_once() {
             .expect("produce");
         until_committed(
             client,
-            "order-service",
+            &orders.group,
             &topic,
             2,
             Duration::from_secs(60),
@@ -307,11 +347,11 @@ async fn a_payment_delivered_twice_and_replayed_marks_its_order_paid_once() {
         .await;
         let db = orders.into_database().await;
         let mut config = order_service::Config::for_test(&db.url, kafka.bootstrap(), &prefix);
-        config.consumer_group = "order-service-replay".into();
+        config.consumer_group = format!("{prefix}order-service-replay");
         let replay = crate::helpers::running_order_service(db, config).await;
         until_committed(
             client,
-            "order-service-replay",
+            &replay.group,
             &topic,
             2,
             Duration::from_secs(60),
@@ -339,4 +379,150 @@ async fn paid_at(orders: &RunningService) -> chrono::DateTime<chrono::Utc> {
         .fetch_one(orders.db.pool())
         .await
         .expect("paid_at")
+}
+
+#[tokio::test]
+async fn duplicated_and_replayed_events_ask_the_remote_gateway_once_per_order() {
+    within(MINUTES_5, async {
+        let kafka = kafka::broker().await.expect("kafka");
+        let client = kafka.client();
+        let prefix = topic_prefix();
+        let topics = Topics::with_prefix(&prefix);
+        let gateway = crate::gateway_double::gateway().await;
+        crate::gateway_double::answer_charges(&gateway, crate::gateway_double::approved()).await;
+        let payments =
+            crate::gateway_double::payment_service_through(&gateway, kafka.bootstrap(), &prefix)
+                .await;
+
+        // Each event delivered twice, as a producer retry or a relay crash would do.
+        let records = order_created_records(50);
+        let twice: Vec<Record> = records
+            .iter()
+            .flat_map(|r| [r.clone(), r.clone()])
+            .collect();
+        client
+            .produce_all(&topics.order_created, &twice)
+            .await
+            .expect("produce");
+        until_committed(
+            client,
+            &payments.group,
+            &topics.order_created,
+            100,
+            Duration::from_secs(60),
+            "all 100 deliveries consumed",
+        )
+        .await;
+        assert_eq!(
+            crate::gateway_double::charges_per_order(&gateway, &records).await,
+            vec![1; 50],
+            "one charge request per order"
+        );
+        assert_eq!(payments.count("payments").await, 50);
+
+        // The whole topic again, from offset 0, to a new consumer group on the same data:
+        // the orders already paid are not charged again.
+        let db = payments.into_database().await;
+        let mut config =
+            crate::helpers::payment_config(&db, kafka.bootstrap(), &prefix, Some(&gateway.uri()));
+        config.consumer_group = format!("{prefix}payment-service-replay");
+        let replay = crate::helpers::running_payment_service(db, config).await;
+        until_committed(
+            client,
+            &replay.group,
+            &topics.order_created,
+            100,
+            Duration::from_secs(60),
+            "the replay consumed the topic",
+        )
+        .await;
+        assert_eq!(
+            crate::gateway_double::charges_per_order(&gateway, &records).await,
+            vec![1; 50],
+            "no order charged again"
+        );
+        assert_eq!(replay.count("payments").await, 50, "no second payment");
+        assert_eq!(
+            replay.count("outbox").await,
+            50,
+            "no second payment.completed"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_payment_event_for_an_unknown_order_or_another_amount_is_poison_and_changes_nothing() {
+    within(MINUTES_5, async {
+        let kafka = kafka::broker().await.expect("kafka");
+        let client = kafka.client();
+        let prefix = topic_prefix();
+        let orders = order_service(kafka.bootstrap(), &prefix).await;
+        let order: Value = orders
+            .post_raw(
+                r#"{"amount": 20.00, "currency": "EUR"}"#,
+                "application/json",
+                None,
+            )
+            .await
+            .json()
+            .await
+            .expect("json");
+        let order_id: Uuid = order["id"].as_str().expect("id").parse().expect("uuid");
+        let payment = |order_id: Uuid, amount: &str, currency: Currency| {
+            let event = Envelope::new(
+                order_id,
+                events::PaymentCompleted {
+                    payment_id: Uuid::now_v7(),
+                    order_id,
+                    amount: amount.parse().expect("amount"),
+                    currency,
+                },
+            );
+            Record::new(serde_json::to_vec(&event).expect("json")).key(order_id.to_string())
+        };
+        let unknown = Uuid::now_v7();
+        let eur: Currency = "EUR".parse().expect("currency");
+        let forged = [
+            payment(unknown, "20.00", eur),
+            payment(order_id, "0.01", eur),
+            payment(order_id, "20.00", Currency::USD),
+        ];
+        client
+            .produce_all(&orders.topics.payment_completed, &forged)
+            .await
+            .expect("produce");
+
+        let letters =
+            crate::helpers::dead_letters(client, &orders.topics.payment_completed, 3).await;
+        let mut classes: Vec<String> = letters
+            .iter()
+            .map(|l| crate::helpers::header_text(l, ::kafka::dead_letter::headers::ERROR_CLASS))
+            .collect();
+        classes.sort();
+        assert_eq!(
+            classes,
+            [
+                "poison.amount-mismatch",
+                "poison.amount-mismatch",
+                "poison.unknown-order"
+            ]
+        );
+        assert_eq!(paid_orders(&orders).await, 0, "the order is unchanged");
+        assert_eq!(orders.orders_with("PENDING").await, 1);
+
+        // The true payment still pays it.
+        client
+            .produce_all(
+                &orders.topics.payment_completed,
+                &[payment(order_id, "20.00", eur)],
+            )
+            .await
+            .expect("produce");
+        eventually(Duration::from_secs(60), "the order PAID", || async {
+            paid_orders(&orders).await == 1
+        })
+        .await;
+    })
+    .await;
 }

@@ -195,14 +195,31 @@ async fn bad_input_gets_a_readable_4xx_and_leaves_nothing_behind() {
             (0, 0),
             "no order row and no event"
         );
-        // The relay runs all along; give it the time it takes to publish one event.
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        // A valid order after them: once its event is on the topic, anything the bad
+        // requests had queued would be there before it. Exactly one record, and it is
+        // this order's.
+        let good = service.post_order(&json!({"amount": 3.5}), None).await;
+        assert_eq!(good.status(), 201);
+        let good: Value = good.json().await.expect("json");
         let kafka = testkit::kafka::broker().await.expect("kafka").client();
+        crate::helpers::eventually(MINUTES_2, "the valid order's event published", || async {
+            kafka
+                .record_count(&service.topics.order_created)
+                .await
+                .unwrap_or(0)
+                > 0
+        })
+        .await;
         let published = kafka
-            .record_count(&service.topics.order_created)
+            .read_all(&service.topics.order_created, MINUTES_2)
             .await
-            .expect("count");
-        assert_eq!(published, 0, "nothing was published");
+            .expect("read");
+        assert_eq!(published.len(), 1, "nothing published for the bad requests");
+        let event: Value =
+            serde_json::from_slice(published[0].payload.as_deref().unwrap_or_default())
+                .expect("event");
+        assert_eq!(event["payload"]["order_id"], good["id"]);
+        assert_eq!(service.row_counts().await, (1, 1), "one order, one event");
     })
     .await;
 }

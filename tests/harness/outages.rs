@@ -79,13 +79,8 @@ async fn all_processed_nothing_dead_lettered(kafka: &Kafka, payments: &RunningSe
     .await;
     // At least once on the topic (a relay cut off between publishing and marking may
     // publish again), exactly once by event id.
-    let published = records_on(kafka, &topics.payment_completed).await;
     let records = kafka
-        .read_topic(
-            &topics.payment_completed,
-            usize::try_from(published).unwrap_or(0),
-            MINUTES_2,
-        )
+        .read_all(&topics.payment_completed, MINUTES_2)
         .await
         .expect("payment.completed");
     let ids: HashSet<String> = records
@@ -112,7 +107,7 @@ async fn postgres_down_for_20_seconds_mid_stream_dead_letters_nothing_and_loses_
         let db = postgres.fresh_database().await.expect("database");
         let gateway = slow_gateway().await;
         let config = slow_config(&db, kafka.bootstrap(), &gateway);
-        let payments = running_payment_service(db, config).await;
+        let mut payments = running_payment_service(db, config).await;
         let topic = payments.topics.order_created.clone();
         produce_all(kafka.client(), &topic, &order_created_records(FIRST)).await;
 
@@ -130,6 +125,12 @@ async fn postgres_down_for_20_seconds_mid_stream_dead_letters_nothing_and_loses_
         postgres.start().await.expect("start PostgreSQL");
 
         all_processed_nothing_dead_lettered(kafka.client(), &payments).await;
+        let stats = payments.shut_down().await;
+        assert!(
+            stats.outage_retries > 0,
+            "the service noticed the outage: {stats:?}"
+        );
+        assert!(stats.dead_lettered.is_empty(), "{stats:?}");
     })
     .await;
 }
@@ -141,12 +142,13 @@ async fn kafka_down_for_20_seconds_mid_stream_dead_letters_nothing_and_loses_not
         let gateway = slow_gateway().await;
         let db = fresh_database().await;
         let config = slow_config(&db, broker.bootstrap(), &gateway);
-        let payments = running_payment_service(db, config).await;
+        let mut payments = running_payment_service(db, config).await;
         let topic = payments.topics.order_created.clone();
         produce_all(broker.client(), &topic, &order_created_records(FIRST)).await;
 
         mid_stream(&payments).await;
-        broker.stop().await.expect("stop Kafka");
+        // No controlled shutdown: the broker dies at once, as a crash would have it.
+        broker.kill().await.expect("SIGKILL Kafka");
         tokio::time::sleep(OUTAGE).await;
         broker.start().await.expect("start Kafka");
         produce_all(broker.client(), &topic, &order_created_records(DURING)).await;
@@ -154,13 +156,19 @@ async fn kafka_down_for_20_seconds_mid_stream_dead_letters_nothing_and_loses_not
         all_processed_nothing_dead_lettered(broker.client(), &payments).await;
         until_committed(
             broker.client(),
-            "payment-service",
+            &payments.group,
             &topic,
             (FIRST + DURING) as i64,
             MINUTES_2,
             "every offset committed",
         )
         .await;
+        let stats = payments.shut_down().await;
+        assert!(
+            stats.consumer_errors > 0,
+            "the service noticed the outage: {stats:?}"
+        );
+        assert!(stats.dead_lettered.is_empty(), "{stats:?}");
     })
     .await;
 }

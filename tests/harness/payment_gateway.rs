@@ -10,13 +10,32 @@ use serde_json::Value;
 use wiremock::ResponseTemplate;
 
 use crate::gateway_double::{
-    answer_charges, answer_charges_containing, approved, charges_containing, declined, gateway,
-    payment_service_through,
+    answer_charges, answer_charges_containing, approved, charges_containing, charges_per_order,
+    declined, gateway, payment_service_through,
 };
 use crate::helpers::{
-    dead_letters, eventually, header_text, key_text, order_created_records, order_service,
-    produce_all, records_on, topic_prefix, within, MINUTES_2,
+    dead_letters, eventually, fresh_database, header_text, key_text, order_created_records,
+    order_service, payment_config, produce_all, records_on, running_payment_service, topic_prefix,
+    within, RunningService, MINUTES_2,
 };
+
+/// `records` on a fresh `prefix` topic, then payment-service charging through `gateway`:
+/// it finds them all there, so they come in its first batch.
+async fn produced_then_started(
+    gateway: &wiremock::MockServer,
+    kafka: &testkit::kafka::KafkaBroker,
+    prefix: &str,
+    records: &[testkit::Record],
+) -> RunningService {
+    let topics = events::Topics::with_prefix(prefix);
+    kafka
+        .client()
+        .create_topic(&topics.order_created, 6, 1)
+        .await
+        .expect("topic");
+    produce_all(kafka.client(), &topics.order_created, records).await;
+    payment_service_through(gateway, kafka.bootstrap(), prefix).await
+}
 
 #[tokio::test]
 async fn a_gateway_error_then_success_is_retried_and_charges_once() {
@@ -69,8 +88,10 @@ async fn a_gateway_that_keeps_timing_out_dead_letters_that_order_after_the_confi
         let slow = approved().set_delay(Duration::from_secs(5));
         answer_charges_containing(&gateway, &stuck, slow, None).await;
         answer_charges(&gateway, approved()).await;
-        let payments = payment_service_through(&gateway, kafka.bootstrap(), &topic_prefix()).await;
-        produce_all(kafka.client(), &payments.topics.order_created, &records).await;
+        // All six in the service's first batch: one order failing while others go through
+        // is that order's own failure (were all to fail, it would be an outage).
+        let prefix = topic_prefix();
+        let payments = produced_then_started(&gateway, kafka, &prefix, &records).await;
 
         let letters = dead_letters(kafka.client(), &payments.topics.order_created, 1).await;
         let letter = &letters[0];
@@ -200,6 +221,178 @@ async fn a_declined_charge_fails_the_payment_and_the_order() {
             records_on(kafka.client(), &payments.topics.payment_failed).await,
             1
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_gateway_down_for_everyone_is_an_outage_nothing_is_dead_lettered_and_all_are_paid_after()
+{
+    within(MINUTES_2, async {
+        let kafka = testkit::kafka::broker().await.expect("kafka");
+        let gateway = gateway().await;
+        answer_charges(&gateway, ResponseTemplate::new(503)).await;
+        let records = order_created_records(8);
+        let prefix = topic_prefix();
+        let mut payments = produced_then_started(&gateway, kafka, &prefix, &records).await;
+
+        // Down for everyone, for longer than the configured attempts take (3 tries,
+        // pauses of 50 ms to 1 s): nothing goes to the dead-letter topic.
+        eventually(MINUTES_2, "every order tried several times", || async {
+            charges_per_order(&gateway, &records)
+                .await
+                .iter()
+                .all(|n| *n >= 4)
+        })
+        .await;
+        let dlt = kafka::dead_letter_topic(&payments.topics.order_created);
+        assert_eq!(
+            records_on(kafka.client(), &dlt).await,
+            0,
+            "an outage dead-letters nothing"
+        );
+        assert_eq!(payments.count("payments").await, 0);
+
+        gateway.reset().await;
+        answer_charges(&gateway, approved()).await;
+        eventually(
+            MINUTES_2,
+            "all eight paid once the gateway is back",
+            || async { payments.payments_with("COMPLETED").await == 8 },
+        )
+        .await;
+        assert_eq!(
+            charges_per_order(&gateway, &records).await,
+            vec![1; 8],
+            "once back, each order is charged once"
+        );
+        assert_eq!(records_on(kafka.client(), &dlt).await, 0);
+        let stats = payments.shut_down().await;
+        assert!(stats.outage_retries > 0, "{stats:?}");
+        assert!(
+            stats.retried.is_empty(),
+            "no per-message retries: {stats:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_gateway_outage_longer_than_the_poll_interval_keeps_the_group_and_charges_each_order_once(
+) {
+    within(MINUTES_2, async {
+        let kafka = testkit::kafka::broker().await.expect("kafka");
+        let gateway = gateway().await;
+        answer_charges(&gateway, ResponseTemplate::new(503)).await;
+        let records = order_created_records(5);
+        let prefix = topic_prefix();
+        let topics = events::Topics::with_prefix(&prefix);
+        kafka
+            .client()
+            .create_topic(&topics.order_created, 6, 1)
+            .await
+            .expect("topic");
+        produce_all(kafka.client(), &topics.order_created, &records).await;
+        let db = fresh_database().await;
+        let mut config = payment_config(&db, kafka.bootstrap(), &prefix, Some(&gateway.uri()));
+        // The smallest the broker allows for a session: an outage of 15 s outlasts it
+        // twice over.
+        config.consumer.max_poll_interval_ms = 6_000;
+        let mut payments = running_payment_service(db, config).await;
+
+        eventually(MINUTES_2, "the outage has begun", || async {
+            charges_per_order(&gateway, &records)
+                .await
+                .iter()
+                .all(|n| *n >= 1)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        gateway.reset().await;
+        answer_charges(&gateway, approved()).await;
+        eventually(MINUTES_2, "all five paid", || async {
+            payments.payments_with("COMPLETED").await == 5
+        })
+        .await;
+        assert_eq!(
+            charges_per_order(&gateway, &records).await,
+            vec![1; 5],
+            "no charge repeated after the outage"
+        );
+        let stats = payments.shut_down().await;
+        assert_eq!(
+            stats.revocations, 0,
+            "the group never took the partitions away: {stats:?}"
+        );
+        assert!(stats.outage_retries > 5, "{stats:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_decline_reason_the_database_cannot_store_is_cleaned_and_every_order_settles() {
+    within(MINUTES_2, async {
+        let kafka = testkit::kafka::broker().await.expect("kafka");
+        let gateway = gateway().await;
+        let records = order_created_records(4);
+        let odd = key_text(&records[1]);
+        // U+0000 cannot be stored in a TEXT column; control characters are removed.
+        answer_charges_containing(&gateway, &odd, declined("card\u{0} blocked\u{7}"), None).await;
+        answer_charges(&gateway, approved()).await;
+        let prefix = topic_prefix();
+        let payments = produced_then_started(&gateway, kafka, &prefix, &records).await;
+
+        eventually(MINUTES_2, "every order settled", || async {
+            payments.count("payments").await == 4
+        })
+        .await;
+        assert_eq!(payments.payments_with("COMPLETED").await, 3);
+        let reason: String =
+            sqlx::query_scalar("SELECT decline_reason FROM payments WHERE status = 'FAILED'")
+                .fetch_one(payments.db.pool())
+                .await
+                .expect("reason");
+        assert_eq!(reason, "card blocked");
+        let dlt = kafka::dead_letter_topic(&payments.topics.order_created);
+        assert_eq!(records_on(kafka.client(), &dlt).await, 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_answer_larger_than_the_limit_is_not_read_and_counts_as_the_gateway_unavailable() {
+    within(MINUTES_2, async {
+        let kafka = testkit::kafka::broker().await.expect("kafka");
+        let gateway = gateway().await;
+        let records = order_created_records(4);
+        let huge = key_text(&records[2]);
+        let body = format!(
+            r#"{{"status": "approved", "reference": "{}"}}"#,
+            "r".repeat(payment_service::gateway::MAX_ANSWER_BYTES)
+        );
+        answer_charges_containing(
+            &gateway,
+            &huge,
+            ResponseTemplate::new(200).set_body_raw(body, "application/json"),
+            None,
+        )
+        .await;
+        answer_charges(&gateway, approved()).await;
+        let prefix = topic_prefix();
+        let payments = produced_then_started(&gateway, kafka, &prefix, &records).await;
+
+        let letters = dead_letters(kafka.client(), &payments.topics.order_created, 1).await;
+        assert_eq!(key_text(&letters[0]), huge);
+        assert_eq!(
+            header_text(&letters[0], headers::ERROR_CLASS),
+            "gateway.unavailable"
+        );
+        let reason = header_text(&letters[0], headers::ERROR_MESSAGE);
+        assert!(reason.contains("larger than"), "{reason}");
+        eventually(MINUTES_2, "the three others paid", || async {
+            payments.payments_with("COMPLETED").await == 3
+        })
+        .await;
     })
     .await;
 }

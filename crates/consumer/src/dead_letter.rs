@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use kafka::dead_letter::headers;
-use kafka::{dead_letter_topic, KafkaError, Record};
+use kafka::{dead_letter_topic, Fault, KafkaError, Record};
 use rdkafka::producer::{FutureProducer, Producer};
 use tokio_util::sync::CancellationToken;
 
-use crate::{ConsumerConfig, Failure};
+use crate::{ConsumerConfig, ConsumerError, Failure};
 
 /// A message of a batch that is to be dead-lettered, and why.
 #[derive(Debug, Clone)]
@@ -29,13 +29,20 @@ pub(crate) struct DeadLetter {
     pub last_failure: DateTime<Utc>,
 }
 
-/// When the dead-letter guard stops a consumer: more than `max_ratio` of the last
-/// `window` messages would be dead-lettered.
+/// When the dead-letter guard stops a consumer: more than `max_ratio` of the recent
+/// messages would be dead-lettered.
+///
+/// Every batch is judged as a whole: with the messages before it up to `window` in all,
+/// or alone if it is larger than `window`. Until `window` messages have been seen, the
+/// guard judges as soon as it has seen `min_judged`, so a consumer that restarts into a
+/// stream of poison stops after a few dead letters, not a window's worth each time.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DeadLetterLimit {
     pub window: usize,
     /// 1.0 turns the guard off.
     pub max_ratio: f64,
+    /// The fewest messages the guard judges.
+    pub min_judged: usize,
 }
 
 impl Default for DeadLetterLimit {
@@ -43,9 +50,14 @@ impl Default for DeadLetterLimit {
         Self {
             window: 100,
             max_ratio: 0.5,
+            min_judged: 20,
         }
     }
 }
+
+/// The largest record the dead-letter producer sends: any record a consumer could read
+/// (the broker's default limit is about 1 MiB), plus the diagnostic headers.
+const MAX_DEAD_LETTER_BYTES: &str = "16777216";
 
 /// Where dead letters are written, and the guard that stops a consumer from emptying a
 /// topic into its dead-letter topic. Handed to [`crate::run`] as one value.
@@ -58,24 +70,28 @@ pub struct DeadLetterPolicy {
 
 impl DeadLetterPolicy {
     /// Dead letters written by a reliable producer to `bootstrap`, under `limit`.
+    ///
+    /// The producer takes records far larger than any a source topic accepts: the size a
+    /// dead letter may have is the dead-letter topic's to decide (the services create it
+    /// with room for the largest source record plus headers).
     pub fn new(bootstrap: &str, limit: DeadLetterLimit) -> Result<Self, KafkaError> {
-        Ok(Self::with_producer(
-            kafka::reliable_producer(bootstrap)?,
-            limit,
-        ))
+        let producer = kafka::reliable_producer_config(bootstrap)
+            .set("message.max.bytes", MAX_DEAD_LETTER_BYTES)
+            .create()?;
+        Ok(Self::with_producer(producer, limit))
     }
 
     /// Dead letters written by `producer`, which should be a reliable one.
     pub fn with_producer(producer: FutureProducer, limit: DeadLetterLimit) -> Self {
         Self {
             producer,
-            guard: DeadLetterGuard::new(limit.window, limit.max_ratio),
+            guard: DeadLetterGuard::new(limit),
             partitions: HashMap::new(),
         }
     }
 
     pub(crate) fn limit(&self) -> f64 {
-        self.guard.max_ratio
+        self.guard.limit.max_ratio
     }
 
     /// Asks the guard whether a batch of `size` messages may dead-letter `dead`.
@@ -89,15 +105,17 @@ impl DeadLetterPolicy {
 
     /// Writes the dead letters of `batch` and waits for their acknowledgement, retrying
     /// as long as it takes: an unreachable broker is an outage, not a reason to lose a
-    /// message. Returns `false` only if `stop` was cancelled first; nothing is then known
-    /// to be written for sure, and the batch's offsets must not be stored.
+    /// message. Returns `Ok(false)` only if `stop` was cancelled first; nothing is then
+    /// known to be written for sure, and the batch's offsets must not be stored. A dead
+    /// letter Kafka refuses for good (too large, no such topic, not authorized) is an
+    /// error: retrying would stall the partition forever, quietly.
     pub(crate) async fn write(
         &mut self,
         batch: &[Record],
         dead: &[DeadLetter],
         config: &ConsumerConfig,
         stop: &CancellationToken,
-    ) -> bool {
+    ) -> Result<bool, ConsumerError> {
         let mut pauses = config.retry.pauses();
         let mut pending: Vec<&DeadLetter> = dead.iter().collect();
         while !pending.is_empty() {
@@ -105,7 +123,15 @@ impl DeadLetterPolicy {
             for letter in &pending {
                 let source = &batch[letter.index];
                 let topic = dead_letter_topic(&source.topic);
-                let partition = self.partition_for(&topic, source.partition).await;
+                let refused = |e: &KafkaError| ConsumerError::DeadLetterRefused {
+                    record: source.locator(),
+                    topic: topic.clone(),
+                    reason: e.to_string(),
+                };
+                let partition = match self.partition_for(&topic, source.partition).await {
+                    Ok(partition) => partition,
+                    Err(e) => return Err(refused(&e)),
+                };
                 let record = with_diagnostics(source, letter, config);
                 let mut send = record.to_send(&topic);
                 if let Some(partition) = partition {
@@ -113,8 +139,11 @@ impl DeadLetterPolicy {
                 }
                 deliveries.push(match self.producer.send_result(send) {
                     Ok(delivery) => Some(delivery),
+                    Err((e, _)) if kafka::fault_of(&e) == Fault::Refused => {
+                        return Err(refused(&e))
+                    }
                     Err((e, _)) => {
-                        tracing::warn!(error = %e, %topic, "dead letter not queued");
+                        tracing::warn!(error = %e, %topic, "dead letter not queued; retrying");
                         None
                     }
                 });
@@ -124,6 +153,13 @@ impl DeadLetterPolicy {
                 let written = match delivery {
                     Some(delivery) => match delivery.await {
                         Ok(Ok(_)) => true,
+                        Ok(Err((e, _))) if kafka::fault_of(&e) == Fault::Refused => {
+                            return Err(ConsumerError::DeadLetterRefused {
+                                record: batch[letter.index].locator(),
+                                topic: dead_letter_topic(&batch[letter.index].topic),
+                                reason: e.to_string(),
+                            });
+                        }
                         Ok(Err((e, _))) => {
                             tracing::warn!(error = %e, "dead letter not acknowledged; retrying");
                             false
@@ -138,39 +174,55 @@ impl DeadLetterPolicy {
             }
             pending = again;
             if !pending.is_empty() && !pauses.pause(stop).await {
-                return false;
+                return Ok(false);
             }
         }
-        true
+        Ok(true)
     }
 
     /// The source's partition number if the dead-letter topic has it; otherwise the
-    /// producer's partitioner picks one by key.
-    async fn partition_for(&mut self, topic: &str, partition: i32) -> Option<i32> {
+    /// producer's partitioner picks one by key. A dead-letter topic the cluster says does
+    /// not exist is an error; no answer at all is not (the write then retries).
+    async fn partition_for(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i32>, KafkaError> {
         if !self.partitions.contains_key(topic) {
             let producer = self.producer.clone();
             let name = topic.to_owned();
             let count = tokio::task::spawn_blocking(move || {
-                producer
+                let metadata = producer
                     .client()
                     .fetch_metadata(Some(&name), Duration::from_secs(10))
+                    .ok()?;
+                let topic = metadata.topics().first()?;
+                if let Some(error) = topic.error() {
+                    let code = rdkafka::types::RDKafkaErrorCode::from(error);
+                    return Some(Err(KafkaError::MetadataFetch(code)));
+                }
+                i32::try_from(topic.partitions().len())
                     .ok()
-                    .and_then(|m| m.topics().first().map(|t| t.partitions().len()))
-                    .and_then(|n| i32::try_from(n).ok())
                     .filter(|&n| n > 0)
+                    .map(Ok)
             })
             .await
             .ok()
             .flatten();
+            let count = match count {
+                Some(Err(e)) if kafka::fault_of(&e) == Fault::Refused => return Err(e),
+                Some(Ok(count)) => Some(count),
+                _ => None,
+            };
             // Not remembered when unknown, so a later batch asks again.
             if count.is_some() {
                 self.partitions.insert(topic.to_owned(), count);
             }
-            return count.filter(|&n| partition < n).map(|_| partition);
+            return Ok(count.filter(|&n| partition < n).map(|_| partition));
         }
-        self.partitions[topic]
+        Ok(self.partitions[topic]
             .filter(|&n| partition < n)
-            .map(|_| partition)
+            .map(|_| partition))
     }
 }
 
@@ -207,8 +259,7 @@ fn with_diagnostics(source: &Record, letter: &DeadLetter, config: &ConsumerConfi
 /// dead-lettering would only empty the topic into its DLT.
 #[derive(Debug)]
 pub(crate) struct DeadLetterGuard {
-    window: usize,
-    max_ratio: f64,
+    limit: DeadLetterLimit,
     /// `true` for each recent message that was dead-lettered, oldest first.
     recent: VecDeque<bool>,
 }
@@ -221,26 +272,28 @@ pub(crate) struct Tripped {
 }
 
 impl DeadLetterGuard {
-    pub fn new(window: usize, max_ratio: f64) -> Self {
+    pub fn new(limit: DeadLetterLimit) -> Self {
+        let window = limit.window.max(1);
         Self {
-            window: window.max(1),
-            max_ratio,
+            limit: DeadLetterLimit {
+                window,
+                min_judged: limit.min_judged.clamp(1, window),
+                ..limit
+            },
             recent: VecDeque::new(),
         }
     }
 
-    /// Admits a batch whose messages are dead-lettered where `dead` is `true`, unless
-    /// the last `window` messages, this batch included, would then hold too many dead
-    /// letters. Judged only once `window` messages have been seen. A batch refused
-    /// leaves the guard unchanged.
+    /// Admits a batch whose messages are dead-lettered where `dead` is `true`, unless the
+    /// messages it is judged with would then hold too many dead letters: the whole batch
+    /// and, if it is smaller than the window, the messages just before it up to a
+    /// window's worth. Judged once at least `min_judged` messages are in view. A batch
+    /// refused leaves the guard unchanged.
     pub fn admit(&mut self, dead: &[bool]) -> Result<(), Tripped> {
-        let from_batch = dead.len().min(self.window);
-        let from_recent = (self.window - from_batch).min(self.recent.len());
-        let seen = from_batch + from_recent;
-        let count = dead[dead.len() - from_batch..]
-            .iter()
-            .filter(|d| **d)
-            .count()
+        let window = self.limit.window;
+        let from_recent = window.saturating_sub(dead.len()).min(self.recent.len());
+        let seen = dead.len() + from_recent;
+        let count = dead.iter().filter(|d| **d).count()
             + self
                 .recent
                 .iter()
@@ -248,16 +301,16 @@ impl DeadLetterGuard {
                 .take(from_recent)
                 .filter(|d| **d)
                 .count();
-        #[allow(clippy::cast_precision_loss)] // windows are far below 2^52
-        let ratio = count as f64 / self.window as f64;
-        if seen == self.window && ratio > self.max_ratio {
+        #[allow(clippy::cast_precision_loss)] // counts are far below 2^52
+        let ratio = count as f64 / seen.max(1) as f64;
+        if seen >= self.limit.min_judged && ratio > self.limit.max_ratio {
             return Err(Tripped {
                 dead: count,
-                window: self.window,
+                window: seen,
             });
         }
         self.recent.extend(dead.iter().copied());
-        while self.recent.len() > self.window {
+        while self.recent.len() > window {
             self.recent.pop_front();
         }
         Ok(())
@@ -268,12 +321,17 @@ impl DeadLetterGuard {
 mod tests {
     use super::*;
 
+    fn guard(window: usize, max_ratio: f64, min_judged: usize) -> DeadLetterGuard {
+        DeadLetterGuard::new(DeadLetterLimit {
+            window,
+            max_ratio,
+            min_judged,
+        })
+    }
+
     #[test]
-    fn the_guard_waits_for_a_full_window_then_trips_above_the_ratio() {
-        let mut guard = DeadLetterGuard::new(10, 0.5);
-        // Fewer messages than the window: not judged, even if all are dead.
-        assert_eq!(guard.admit(&[true; 5]), Ok(()));
-        let mut guard = DeadLetterGuard::new(10, 0.5);
+    fn the_guard_trips_above_the_ratio_of_the_last_window() {
+        let mut guard = guard(10, 0.5, 10);
         assert_eq!(guard.admit(&[false; 10]), Ok(()));
         // Five of the last ten: exactly at the limit is allowed.
         assert_eq!(guard.admit(&[true; 5]), Ok(()));
@@ -290,20 +348,45 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_larger_than_the_window_is_judged_by_its_last_messages() {
-        let mut guard = DeadLetterGuard::new(4, 0.5);
-        let mut batch = vec![true; 100];
-        batch.extend([false; 4]);
-        assert_eq!(guard.admit(&batch), Ok(()));
+    fn a_partial_window_is_judged_once_it_holds_the_minimum() {
+        let mut guard = guard(100, 0.5, 20);
+        // Fewer than the minimum: not judged, even if all are dead.
+        assert_eq!(guard.admit(&[true; 5]), Ok(()));
+        assert_eq!(guard.admit(&[true; 10]), Ok(()));
+        // 20 seen, 20 dead: a restart into poison stops here, not after 100.
         assert_eq!(
-            guard.admit(&[true; 100]),
-            Err(Tripped { dead: 4, window: 4 })
+            guard.admit(&[true; 5]),
+            Err(Tripped {
+                dead: 20,
+                window: 20
+            })
         );
     }
 
     #[test]
+    fn a_batch_larger_than_the_window_is_judged_as_a_whole() {
+        // 450 poison messages followed by 50 good ones: 90 % of the batch.
+        let mut guard = guard(100, 0.5, 20);
+        let mut batch = vec![true; 450];
+        batch.extend([false; 50]);
+        assert_eq!(
+            guard.admit(&batch),
+            Err(Tripped {
+                dead: 450,
+                window: 500
+            })
+        );
+        // The same batch with the poison at the end is no different.
+        batch.reverse();
+        assert!(guard.admit(&batch).is_err());
+        // A large healthy batch passes, and then counts as the recent window.
+        assert_eq!(guard.admit(&[false; 300]), Ok(()));
+        assert_eq!(guard.admit(&[true; 50]), Ok(()));
+    }
+
+    #[test]
     fn a_ratio_of_one_never_trips() {
-        let mut guard = DeadLetterGuard::new(3, 1.0);
+        let mut guard = guard(3, 1.0, 1);
         assert_eq!(guard.admit(&[true; 50]), Ok(()));
     }
 }

@@ -10,20 +10,30 @@
 //!   the background; on shutdown they are committed synchronously. A crash in between
 //!   redelivers the batch, so handlers must be idempotent.
 //! - **Every failure has a class, and each class its treatment** ([`Outcome`] and
-//!   [`Outage`]):
+//!   [`BatchError`]):
 //!   - [`Outcome::DeadLetter`] (poison: undecodable, unknown type or version, invalid
 //!     payload) goes to `<topic>.DLT` at once, and the messages after it are processed;
 //!   - [`Outcome::Retry`] (a message-specific transient failure, such as a payment
 //!     gateway's 5xx or timeout) is retried with exponential backoff and jitter, up to
-//!     [`RetryPolicy::max_attempts`], then dead-lettered;
-//!   - an [`Outage`] (the handler's database or Kafka unreachable) retries the whole
-//!     batch with backoff for as long as it takes. It is never dead-lettered, never
-//!     skipped.
+//!     [`RetryPolicy::max_attempts`], then dead-lettered — unless *every* message of the
+//!     batch asked for a retry on its first attempt: a failure shared by all is an
+//!     outage of what they depend on, and is treated as one;
+//!   - a [`BatchError::Outage`] (the handler's database or Kafka unreachable) retries the
+//!     whole batch with backoff for as long as it takes. It is never dead-lettered, never
+//!     skipped;
+//!   - a [`BatchError::Refused`] (the batch holds something the database refuses however
+//!     often it is asked) splits the batch in halves until each refused message is alone;
+//!     that message is dead-lettered, the rest applied.
+//! - **Membership through long work**: while a batch takes longer than a second (an
+//!   outage, retries), the runner pauses its partitions and keeps polling, so the group
+//!   does not evict it however long the outage lasts.
 //! - **The dead-letter policy** ([`DeadLetterPolicy`], passed in as one value): dead
 //!   letters keep the original key, bytes and headers, add diagnostic `dlt-*` headers,
-//!   and are acknowledged before the offsets are stored; its guard stops the consumer,
-//!   with a message saying why, when more than [`DeadLetterLimit::max_ratio`] of the last
-//!   [`DeadLetterLimit::window`] messages would be dead-lettered.
+//!   and are acknowledged before the offsets are stored; a dead letter Kafka refuses for
+//!   good (a missing or forbidden DLT) stops the consumer, naming the record and why. Its
+//!   guard stops the consumer, with a message saying why, when more than
+//!   [`DeadLetterLimit::max_ratio`] of the recent messages would be dead-lettered (every
+//!   batch judged as a whole).
 //! - **Counts by error class** of retries and dead letters are logged as they change and
 //!   returned in [`Stats`].
 
@@ -69,11 +79,19 @@ pub enum Outcome {
     Retry(Failure),
 }
 
-/// The error a handler returns when the batch could not be applied *now* (its database
-/// or broker is unreachable); the runner retries the same messages, without limit.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Outage(pub String);
+/// Why a handler could not apply a batch at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// Not *now*: its database or broker is unreachable. The runner tries the same
+    /// messages again, without limit.
+    #[error("outage: {0}")]
+    Outage(String),
+    /// Never as a whole: a message of the batch holds something refused however often it
+    /// is asked (a value the database will not store). The runner splits the batch until
+    /// each such message is alone, dead-letters it with this failure, and applies the rest.
+    #[error("refused: {}: {}", .0.class, .0.message)]
+    Refused(Failure),
+}
 
 /// What to do with messages. Must be idempotent: a batch may be delivered again.
 pub trait BatchHandler: Send + Sync + 'static {
@@ -82,7 +100,7 @@ pub trait BatchHandler: Send + Sync + 'static {
     fn handle(
         &self,
         batch: &[Record],
-    ) -> impl std::future::Future<Output = Result<Vec<Outcome>, Outage>> + Send;
+    ) -> impl std::future::Future<Output = Result<Vec<Outcome>, BatchError>> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +121,16 @@ pub enum ConsumerError {
         class: String,
         message: String,
     },
+    #[error(
+        "cannot dead-letter {record} to {topic}: Kafka refuses it ({reason}); retrying \
+         cannot help. Nothing of its batch was committed: fix the dead-letter topic and restart"
+    )]
+    DeadLetterRefused {
+        /// `topic/partition/offset` of the message that could not be dead-lettered.
+        record: String,
+        topic: String,
+        reason: String,
+    },
 }
 
 /// Counts of what a runner did, returned when it stops.
@@ -113,6 +141,11 @@ pub struct Stats {
     pub processed: u64,
     /// Attempts of whole batches that failed because of an outage.
     pub outage_retries: u64,
+    /// Times the group took partitions away from this consumer.
+    pub revocations: u64,
+    /// Errors Kafka reported while polling (a broker unreachable, say); librdkafka
+    /// reconnects by itself, so these are counted and logged, not acted on.
+    pub consumer_errors: u64,
     /// Retries of single messages, by error class.
     pub retried: BTreeMap<String, u64>,
     /// Dead-lettered messages, by error class.

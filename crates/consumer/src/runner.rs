@@ -2,13 +2,20 @@
 //! it (with retries), dead-letter what failed, store the offsets — and at the end commit
 //! and close.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::StreamExt;
 use kafka::{KafkaError, Record};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -16,14 +23,20 @@ use tracing::Instrument;
 
 use crate::dead_letter::DeadLetter;
 use crate::{
-    BatchHandler, ConsumerConfig, ConsumerError, DeadLetterPolicy, Outcome, RetryPolicy, Stats,
+    BatchError, BatchHandler, ConsumerConfig, ConsumerError, DeadLetterPolicy, Outcome,
+    RetryPolicy, Stats,
 };
+
+/// After this long on one batch, the runner pauses its partitions and polls while it
+/// works, so that the group keeps it as a member.
+const KEEP_MEMBERSHIP_AFTER: Duration = Duration::from_secs(1);
 
 /// Consumes until `stop` is cancelled, then commits what was processed and returns.
 ///
 /// Returns an error without committing the batch in hand when the dead-letter guard
-/// trips: nothing of that batch is dead-lettered, so a restart after the cause is fixed
-/// processes it.
+/// trips, or when a dead letter cannot be written for a reason retrying cannot fix:
+/// nothing of that batch is dead-lettered or committed, so a restart after the cause is
+/// fixed processes it.
 pub async fn run<H: BatchHandler>(
     config: ConsumerConfig,
     handler: H,
@@ -32,8 +45,10 @@ pub async fn run<H: BatchHandler>(
 ) -> Result<Stats, ConsumerError> {
     let consumer = create_consumer(&config)?;
     let mut stats = Stats::default();
+    // Messages polled while partitions were paused: the next batch starts with them.
+    let mut carried = VecDeque::new();
     let result = loop {
-        let Some(batch) = gather(&consumer, &config, &stop).await else {
+        let Some(batch) = gather(&consumer, &config, &mut carried, &stop, &mut stats).await else {
             break Ok(());
         };
         let span = tracing::info_span!(
@@ -44,16 +59,17 @@ pub async fn run<H: BatchHandler>(
             first_offset = batch[0].offset,
             size = batch.len(),
         );
-        let step = process(
+        let work = process(
             &batch,
             &handler,
             &mut dead_letters,
             &config,
             &stop,
             &mut stats,
-        )
-        .instrument(span)
-        .await;
+        );
+        let step = keep_membership(&consumer, &mut carried, work)
+            .instrument(span)
+            .await;
         match step {
             Ok(true) => store_offsets(&consumer, &batch),
             // Stopped before the batch was settled: its offsets stay uncommitted.
@@ -61,14 +77,44 @@ pub async fn run<H: BatchHandler>(
             Err(error) => break Err(error),
         }
     };
+    stats.revocations = consumer.context().revocations.load(Ordering::Relaxed);
+    stats.consumer_errors += consumer.context().errors.load(Ordering::Relaxed);
     commit_and_close(consumer).await;
     result.map(|()| stats)
 }
 
+/// Counts the partitions the group takes away, for [`Stats::revocations`], and the errors
+/// librdkafka reports on its own (brokers unreachable), for [`Stats::consumer_errors`].
+#[derive(Default)]
+struct Membership {
+    revocations: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl ClientContext for Membership {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%error, reason, "kafka consumer");
+    }
+}
+
+impl ConsumerContext for Membership {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            if partitions.count() > 0 {
+                self.revocations.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(partitions = partitions.count(), "partitions revoked");
+            }
+        }
+    }
+}
+
+type Kafka = StreamConsumer<Membership>;
+
 /// A consumer in `config.group_id`, subscribed to `config.topics`, that commits only
 /// the offsets the runner stores.
 fn create_consumer(config: &ConsumerConfig) -> Result<ClosingConsumer, ConsumerError> {
-    let consumer: StreamConsumer = kafka::client_config(&config.bootstrap)
+    let consumer: Kafka = kafka::client_config(&config.bootstrap)
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "true")
         .set(
@@ -78,33 +124,54 @@ fn create_consumer(config: &ConsumerConfig) -> Result<ClosingConsumer, ConsumerE
         // Offsets are stored by us, after the handler's commit: never before.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
-        .create()?;
+        // librdkafka wants the poll interval at least as long as the session.
+        .set(
+            "session.timeout.ms",
+            config
+                .max_poll_interval
+                .min(Duration::from_secs(10))
+                .as_millis()
+                .to_string(),
+        )
+        .set(
+            "max.poll.interval.ms",
+            config.max_poll_interval.as_millis().to_string(),
+        )
+        .create_with_context(Membership::default())?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(ClosingConsumer(Some(consumer)))
 }
 
 /// Waits for a first message (or stop), then gathers more for at most `batch_wait`.
+/// Messages carried over from a paused stretch come first.
 async fn gather(
-    consumer: &StreamConsumer,
+    consumer: &Kafka,
     config: &ConsumerConfig,
+    carried: &mut VecDeque<Record>,
     stop: &CancellationToken,
+    stats: &mut Stats,
 ) -> Option<Vec<Record>> {
     let mut stream = consumer.stream();
     let mut batch = Vec::with_capacity(config.batch_size);
-    loop {
+    while batch.len() < config.batch_size {
+        match carried.pop_front() {
+            Some(record) => batch.push(record),
+            None => break,
+        }
+    }
+    while batch.is_empty() {
         let first = tokio::select! {
             () = stop.cancelled() => return None,
             next = stream.next() => next?,
         };
         match first {
-            Ok(message) => {
-                batch.push(Record::from_message(&message));
-                break;
-            }
+            Ok(message) => batch.push(Record::from_message(&message)),
             // Transient: librdkafka reconnects by itself.
-            Err(e) => tracing::debug!(error = %e, "consumer error"),
+            Err(e) => {
+                stats.consumer_errors += 1;
+                tracing::debug!(error = %e, "consumer error");
+            }
         }
     }
     let deadline = Instant::now() + config.batch_wait;
@@ -112,11 +179,73 @@ async fn gather(
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, stream.next()).await {
             Ok(Some(Ok(message))) => batch.push(Record::from_message(&message)),
-            Ok(Some(Err(e))) => tracing::debug!(error = %e, "consumer error"),
+            Ok(Some(Err(e))) => {
+                stats.consumer_errors += 1;
+                tracing::debug!(error = %e, "consumer error");
+            }
             Ok(None) | Err(_) => break,
         }
     }
     Some(batch)
+}
+
+/// Runs `work` to its end. If it takes longer than [`KEEP_MEMBERSHIP_AFTER`], the
+/// consumer's partitions are paused and it is polled meanwhile, so the group keeps it as
+/// a member through an outage of any length. A message that still arrives (from a
+/// partition assigned in the meantime) is carried over to the next batch, and its
+/// partition paused too.
+async fn keep_membership<T>(
+    consumer: &Kafka,
+    carried: &mut VecDeque<Record>,
+    work: impl Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let patience = tokio::time::sleep(KEEP_MEMBERSHIP_AFTER);
+    tokio::pin!(patience);
+    let mut paused = false;
+    loop {
+        tokio::select! {
+            out = &mut work => {
+                if paused {
+                    resume(consumer);
+                }
+                return out;
+            }
+            () = &mut patience, if !paused => {
+                pause(consumer);
+                paused = true;
+            }
+            polled = consumer.recv(), if paused => match polled {
+                Ok(message) => {
+                    carried.push_back(Record::from_message(&message));
+                    pause(consumer);
+                }
+                Err(e) => tracing::debug!(error = %e, "consumer error while paused"),
+            },
+        }
+    }
+}
+
+fn pause(consumer: &Kafka) {
+    match consumer.assignment() {
+        Ok(assignment) => {
+            if let Err(e) = consumer.pause(&assignment) {
+                tracing::debug!(error = %e, "pausing partitions");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "reading the assignment"),
+    }
+}
+
+fn resume(consumer: &Kafka) {
+    match consumer.assignment() {
+        Ok(assignment) => {
+            if let Err(e) = consumer.resume(&assignment) {
+                tracing::warn!(error = %e, "resuming partitions");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading the assignment"),
+    }
 }
 
 /// Applies a batch and dead-letters what failed. `Ok(true)` when every message is
@@ -147,8 +276,13 @@ async fn process<H: BatchHandler>(
         return Err(error);
     }
     if !dead.is_empty() {
-        if !dead_letters.write(batch, &dead, config, stop).await {
-            return Ok(false);
+        match dead_letters.write(batch, &dead, config, stop).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(error) => {
+                tracing::error!(%error, "consumer stopped: a dead letter cannot be written");
+                return Err(error);
+            }
         }
         for letter in &dead {
             let message = &batch[letter.index];
@@ -176,14 +310,16 @@ async fn process<H: BatchHandler>(
 }
 
 /// Hands the batch to the handler until every message is applied or condemned: poison,
-/// or failed for a reason of its own `max_attempts` times. Returns the messages to
-/// dead-letter, in batch order, or `None` if `stop` came first.
+/// refused, or failed for a reason of its own `max_attempts` times. Returns the messages
+/// to dead-letter, in batch order, or `None` if `stop` came first.
 ///
 /// Two kinds of retry, kept apart on purpose:
-/// - the handler's [`crate::Outage`] (its database or Kafka is unreachable) retries the
-///   same messages without limit: an outage is never a reason to dead-letter;
-/// - an [`Outcome::Retry`] (this message's charge failed, say) retries only the messages
-///   that asked for it, up to `max_attempts`, then dead-letters them.
+/// - an outage (the handler's database or Kafka is unreachable, or every message of the
+///   batch failed transiently at once) retries the same messages without limit: an
+///   outage is never a reason to dead-letter;
+/// - an [`Outcome::Retry`] of some messages while others went through (this message's
+///   charge failed, say) retries only the messages that asked for it, up to
+///   `max_attempts`, then dead-letters them.
 async fn apply<H: BatchHandler>(
     handler: &H,
     batch: &[Record],
@@ -199,10 +335,10 @@ async fn apply<H: BatchHandler>(
     let mut attempt = 1;
     loop {
         let outcomes = if pending.len() == batch.len() {
-            attempt_through_outages(handler, batch, retry, stop, stats).await?
+            attempt_all(handler, batch, attempt, retry, stop, stats).await?
         } else {
             let subset: Vec<Record> = pending.iter().map(|&i| batch[i].clone()).collect();
-            attempt_through_outages(handler, &subset, retry, stop, stats).await?
+            attempt_all(handler, &subset, attempt, retry, stop, stats).await?
         };
         let now = Utc::now();
         let mut again = Vec::new();
@@ -244,19 +380,64 @@ async fn apply<H: BatchHandler>(
     }
 }
 
-/// One attempt at `messages`, repeated with backoff while the handler reports an outage.
-/// An attempt in flight is never cut off (it may be committing); `stop` only interrupts
-/// the pause between attempts, and then `None` is returned.
-async fn attempt_through_outages<H: BatchHandler>(
+/// One attempt at every message of `messages`. A batch the handler refuses as a whole is
+/// split in halves, each attempted on its own, until every refused message is alone and
+/// answered with a dead letter; the first half is applied before the second, so the
+/// order within a partition holds.
+async fn attempt_all<H: BatchHandler>(
     handler: &H,
     messages: &[Record],
+    round: u32,
     retry: &RetryPolicy,
     stop: &CancellationToken,
     stats: &mut Stats,
 ) -> Option<Vec<Outcome>> {
+    let mut outcomes = vec![Outcome::Applied; messages.len()];
+    let mut parts: Vec<Range<usize>> = Vec::with_capacity(8);
+    parts.push(0..messages.len());
+    while let Some(part) = parts.pop() {
+        match attempt_through_outages(handler, &messages[part.clone()], round, retry, stop, stats)
+            .await?
+        {
+            Ok(answers) => {
+                for (slot, answer) in outcomes[part].iter_mut().zip(answers) {
+                    *slot = answer;
+                }
+            }
+            Err(failure) if part.len() == 1 => {
+                outcomes[part.start] = Outcome::DeadLetter(failure);
+            }
+            Err(failure) => {
+                tracing::warn!(
+                    class = %failure.class, reason = %failure.message, messages = part.len(),
+                    "batch refused; splitting it to find the message"
+                );
+                let middle = part.start + part.len() / 2;
+                // A stack: the first half is taken first.
+                parts.push(middle..part.end);
+                parts.push(part.start..middle);
+            }
+        }
+    }
+    Some(outcomes)
+}
+
+/// One attempt at `messages`, repeated with backoff while the handler reports an outage —
+/// or, on the first round, while every message asks for a retry: a failure that all of
+/// them share is an outage of what they depend on. `Err` carries the failure of a batch
+/// the handler refused. An attempt in flight is never cut off (it may be committing);
+/// `stop` only interrupts the pause between attempts, and then `None` is returned.
+async fn attempt_through_outages<H: BatchHandler>(
+    handler: &H,
+    messages: &[Record],
+    round: u32,
+    retry: &RetryPolicy,
+    stop: &CancellationToken,
+    stats: &mut Stats,
+) -> Option<Result<Vec<Outcome>, crate::Failure>> {
     let mut pauses = retry.pauses();
     loop {
-        match handler.handle(messages).await {
+        let reason = match handler.handle(messages).await {
             Ok(mut outcomes) => {
                 // A handler must answer for every message; one that does not is a bug,
                 // and the messages it left out are treated as applied rather than lost
@@ -269,21 +450,28 @@ async fn attempt_through_outages<H: BatchHandler>(
                     );
                     outcomes.resize(messages.len(), Outcome::Applied);
                 }
-                return Some(outcomes);
-            }
-            Err(outage) => {
-                stats.outage_retries += 1;
-                tracing::warn!(error = %outage, "batch failed: outage; retrying");
-                if !pauses.pause(stop).await {
-                    return None;
+                let shared = round == 1 && outcomes.iter().all(|o| matches!(o, Outcome::Retry(_)));
+                match outcomes.first() {
+                    Some(Outcome::Retry(failure)) if shared => format!(
+                        "every message of the batch failed: {}: {}",
+                        failure.class, failure.message
+                    ),
+                    _ => return Some(Ok(outcomes)),
                 }
             }
+            Err(BatchError::Refused(failure)) => return Some(Err(failure)),
+            Err(BatchError::Outage(reason)) => reason,
+        };
+        stats.outage_retries += 1;
+        tracing::warn!(error = %reason, "batch failed: outage; retrying");
+        if !pauses.pause(stop).await {
+            return None;
         }
     }
 }
 
 /// Stores, for each partition of the batch, the offset after its last message.
-fn store_offsets(consumer: &StreamConsumer, batch: &[Record]) {
+fn store_offsets(consumer: &Kafka, batch: &[Record]) {
     let mut next: HashMap<(&str, i32), i64> = HashMap::new();
     for message in batch {
         let entry = next.entry((&message.topic, message.partition)).or_insert(0);
@@ -322,18 +510,18 @@ async fn commit_and_close(consumer: ClosingConsumer) {
 /// Owns the consumer so that dropping it — also when the runner's future is dropped
 /// mid-way — never blocks an async thread: librdkafka's close can wait without a limit for
 /// a broker that is gone. The close then runs on a thread of its own.
-struct ClosingConsumer(Option<StreamConsumer>);
+struct ClosingConsumer(Option<Kafka>);
 
 impl ClosingConsumer {
-    fn take(mut self) -> StreamConsumer {
+    fn take(mut self) -> Kafka {
         self.0.take().expect("the consumer is taken once")
     }
 }
 
 impl std::ops::Deref for ClosingConsumer {
-    type Target = StreamConsumer;
+    type Target = Kafka;
 
-    fn deref(&self) -> &StreamConsumer {
+    fn deref(&self) -> &Kafka {
         self.0
             .as_ref()
             .expect("the consumer is present until taken")

@@ -21,6 +21,10 @@ pub struct ConsumerConfig {
     pub retry: RetryPolicy,
     /// How often stored offsets are committed in the background (and at shutdown).
     pub commit_interval: Duration,
+    /// How long the group waits for a member to poll before it evicts it. The runner
+    /// keeps polling while a batch is being worked on, so this bounds only a consumer
+    /// that is truly stuck.
+    pub max_poll_interval: Duration,
 }
 
 impl ConsumerConfig {
@@ -34,6 +38,7 @@ impl ConsumerConfig {
             batch_wait: Duration::from_millis(20),
             retry: RetryPolicy::default(),
             commit_interval: Duration::from_secs(1),
+            max_poll_interval: Duration::from_secs(300),
         }
     }
 }
@@ -67,6 +72,12 @@ pub struct ConsumerSettings {
     #[arg(long, env = "CONSUMER_MAX_RETRY_DELAY_MS", default_value_t = 5000)]
     pub max_retry_delay_ms: u64,
 
+    /// How long the group waits for a consumer to poll before it evicts it, in
+    /// milliseconds. The runner keeps polling through outages, so this only bounds a
+    /// consumer that is truly stuck.
+    #[arg(long, env = "CONSUMER_MAX_POLL_INTERVAL_MS", default_value_t = 300_000)]
+    pub max_poll_interval_ms: u64,
+
     /// The dead-letter guard looks at the last this many messages.
     #[arg(long, env = "CONSUMER_DLT_WINDOW", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -78,6 +89,12 @@ pub struct ConsumerSettings {
     #[arg(long, env = "CONSUMER_DLT_MAX_RATIO", default_value_t = 0.5,
           value_parser = ratio)]
     pub dlt_max_ratio: f64,
+
+    /// Until CONSUMER_DLT_WINDOW messages have been seen, the guard judges as soon as it
+    /// has seen this many, so a consumer restarted into poison stops after a few.
+    #[arg(long, env = "CONSUMER_DLT_MIN_MESSAGES", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub dlt_min_messages: u64,
 }
 
 fn ratio(text: &str) -> Result<f64, String> {
@@ -100,6 +117,7 @@ impl ConsumerSettings {
         config.service = service.to_owned();
         config.batch_size = self.batch_size;
         config.commit_interval = Duration::from_millis(self.commit_interval_ms);
+        config.max_poll_interval = Duration::from_millis(self.max_poll_interval_ms);
         config.retry = RetryPolicy {
             first_delay: Duration::from_millis(self.retry_delay_ms),
             max_delay: Duration::from_millis(self.max_retry_delay_ms),
@@ -113,6 +131,7 @@ impl ConsumerSettings {
         DeadLetterLimit {
             window: usize::try_from(self.dlt_window).unwrap_or(usize::MAX),
             max_ratio: self.dlt_max_ratio,
+            min_judged: usize::try_from(self.dlt_min_messages).unwrap_or(usize::MAX),
         }
     }
 }

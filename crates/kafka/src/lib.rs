@@ -8,17 +8,20 @@
 //!   built to be produced — with its headers in order;
 //! - [`topics`]: creating topics at start-up, and [`KafkaSettings`], the Kafka part of
 //!   every service's command line;
-//! - [`dead_letter`]: the dead-letter topic of a topic and the `dlt-*` diagnostic headers.
+//! - [`dead_letter`]: the dead-letter topic of a topic and the `dlt-*` diagnostic headers;
+//! - [`fault`]: whether a failed write is an outage (retry) or a refusal (it never will).
 //!
 //! The consume loop itself lives in the `consumer` crate.
 
 pub mod client;
 pub mod dead_letter;
+pub mod fault;
 pub mod record;
 pub mod topics;
 
 pub use client::{client_config, reliable_producer, reliable_producer_config};
 pub use dead_letter::dead_letter_topic;
+pub use fault::{fault_of, Fault};
 pub use record::Record;
 pub use topics::{ensure_topics, KafkaSettings};
 
@@ -31,4 +34,6 @@ pub enum Error {
     Client(#[from] KafkaError),
     #[error("creating topic {topic}: {reason}")]
     Topic { topic: String, reason: String },
+    #[error("reading the cluster's configuration: {0}")]
+    Config(String),
 }

@@ -1,13 +1,27 @@
 //! Topics: creating them at start-up (brokers here do not auto-create topics), and the
 //! Kafka settings every service flattens into its command line.
+//!
+//! What the platform's topics look like:
+//! - the replication factor is the `TOPIC_REPLICATION` setting, or the brokers'
+//!   `default.replication.factor` when it is not set;
+//! - a topic replicated three times or more gets `min.insync.replicas=2`, so an
+//!   acknowledged write is on two brokers at least;
+//! - a dead-letter topic has its source's partitions and replication, room for the
+//!   largest record its source accepts plus the diagnostic headers, and a retention of
+//!   its own: `TOPIC_DLT_RETENTION_MS`, or four times its source's.
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::{client_config, Error};
+use crate::{client_config, dead_letter_topic, Error};
+
+/// Room a dead letter needs beyond its source record: the `dlt-*` headers (their
+/// message is bounded).
+pub const DEAD_LETTER_HEADROOM: i64 = 64 * 1024;
 
 /// Where a service finds Kafka and how the topics it creates are shaped.
 #[derive(Debug, Clone, clap::Args)]
@@ -24,29 +38,104 @@ pub struct KafkaSettings {
     #[arg(long, env = "TOPIC_PARTITIONS", default_value_t = 6)]
     pub topic_partitions: i32,
 
-    /// Replication factor of topics this service creates (3 on a production cluster).
-    #[arg(long, env = "TOPIC_REPLICATION", default_value_t = 1)]
-    pub topic_replication: i32,
+    /// Replication factor of topics this service creates; the brokers'
+    /// default.replication.factor when unset. Topics replicated 3 times or more get
+    /// min.insync.replicas=2.
+    #[arg(long, env = "TOPIC_REPLICATION")]
+    pub topic_replication: Option<i32>,
+
+    /// Retention of dead-letter topics this service creates, in milliseconds; four times
+    /// the source topic's when unset, so dead letters outlive what they came from.
+    #[arg(long, env = "TOPIC_DLT_RETENTION_MS")]
+    pub topic_dlt_retention_ms: Option<i64>,
 }
 
-/// Creates `topics` if they do not exist yet. Bounded: fails after 30 s if the brokers
-/// do not answer.
+impl KafkaSettings {
+    /// Creates `sources` and their dead-letter topics if they are missing.
+    pub async fn ensure_topics(&self, sources: &[&str]) -> Result<(), Error> {
+        ensure_topics(
+            &self.kafka_bootstrap,
+            sources,
+            self.topic_partitions,
+            self.topic_replication,
+            self.topic_dlt_retention_ms,
+        )
+        .await
+    }
+}
+
+/// Bound on each admin call.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Creates each of `sources` and its dead-letter topic if they do not exist yet, shaped
+/// as the module says. Topics that exist are left as they are. Bounded: fails after 30 s
+/// per call if the brokers do not answer.
 pub async fn ensure_topics(
     bootstrap: &str,
-    topics: &[&str],
+    sources: &[&str],
     partitions: i32,
-    replication: i32,
+    replication: Option<i32>,
+    dlt_retention_ms: Option<i64>,
 ) -> Result<(), Error> {
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
-    let timeout = Some(Duration::from_secs(30));
     let options = AdminOptions::new()
-        .operation_timeout(timeout)
-        .request_timeout(timeout);
-    let new: Vec<NewTopic> = topics
+        .operation_timeout(Some(ADMIN_TIMEOUT))
+        .request_timeout(Some(ADMIN_TIMEOUT));
+    let replication = match replication {
+        Some(replication) => replication,
+        None => default_replication(bootstrap, &admin, &options).await?,
+    };
+    let min_insync = (replication >= 3).then_some("2");
+
+    let new: Vec<NewTopic> = sources
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
+        .map(|name| {
+            let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+            match min_insync {
+                Some(n) => topic.set("min.insync.replicas", n),
+                None => topic,
+            }
+        })
         .collect();
-    for result in admin.create_topics(&new, &options).await? {
+    create(&admin, &new, &options).await?;
+
+    // The dead-letter topics, shaped after their sources as they are now.
+    let names: Vec<String> = sources.iter().map(|s| dead_letter_topic(s)).collect();
+    let mut shapes = Vec::with_capacity(sources.len());
+    for source in sources {
+        let (max_bytes, retention) = source_limits(&admin, source, &options).await?;
+        let retention = match (dlt_retention_ms, retention) {
+            (Some(chosen), _) => chosen,
+            (None, r) if r < 0 => -1,
+            (None, r) => r.saturating_mul(4),
+        };
+        shapes.push((
+            (max_bytes + DEAD_LETTER_HEADROOM).to_string(),
+            retention.to_string(),
+        ));
+    }
+    let new: Vec<NewTopic> = names
+        .iter()
+        .zip(&shapes)
+        .map(|(name, (max_bytes, retention))| {
+            let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication))
+                .set("max.message.bytes", max_bytes)
+                .set("retention.ms", retention);
+            match min_insync {
+                Some(n) => topic.set("min.insync.replicas", n),
+                None => topic,
+            }
+        })
+        .collect();
+    create(&admin, &new, &options).await
+}
+
+async fn create(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[NewTopic<'_>],
+    options: &AdminOptions,
+) -> Result<(), Error> {
+    for result in admin.create_topics(topics, options).await? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
@@ -58,4 +147,91 @@ pub async fn ensure_topics(
         }
     }
     Ok(())
+}
+
+/// The brokers' `default.replication.factor`, read from one of them.
+async fn default_replication(
+    bootstrap: &str,
+    admin: &AdminClient<DefaultClientContext>,
+    options: &AdminOptions,
+) -> Result<i32, Error> {
+    let client: BaseConsumer = client_config(bootstrap).create()?;
+    let broker = tokio::task::spawn_blocking(move || {
+        client
+            .fetch_metadata(None, ADMIN_TIMEOUT)
+            .map(|m| m.brokers().first().map(|b| b.id()))
+    })
+    .await
+    .map_err(|e| Error::Config(format!("reading metadata: {e}")))??
+    .ok_or_else(|| Error::Config("the cluster reports no broker".into()))?;
+    let value = config_value(
+        admin,
+        ResourceSpecifier::Broker(broker),
+        "default.replication.factor",
+        options,
+    )
+    .await?;
+    value
+        .parse()
+        .map_err(|_| Error::Config(format!("default.replication.factor is {value:?}")))
+}
+
+/// A source topic's `max.message.bytes` and `retention.ms`.
+async fn source_limits(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    options: &AdminOptions,
+) -> Result<(i64, i64), Error> {
+    let number = |name: &'static str, value: String| {
+        value
+            .parse::<i64>()
+            .map_err(|_| Error::Config(format!("{topic}: {name} is {value:?}")))
+    };
+    let max_bytes = config_value(
+        admin,
+        ResourceSpecifier::Topic(topic),
+        "max.message.bytes",
+        options,
+    )
+    .await?;
+    let retention = config_value(
+        admin,
+        ResourceSpecifier::Topic(topic),
+        "retention.ms",
+        options,
+    )
+    .await?;
+    Ok((
+        number("max.message.bytes", max_bytes)?,
+        number("retention.ms", retention)?,
+    ))
+}
+
+/// One configuration value of `resource`. A topic created a moment ago may not be known
+/// yet to the broker asked, so an empty or failed answer is asked again, for up to
+/// [`ADMIN_TIMEOUT`].
+async fn config_value(
+    admin: &AdminClient<DefaultClientContext>,
+    resource: ResourceSpecifier<'_>,
+    name: &str,
+    options: &AdminOptions,
+) -> Result<String, Error> {
+    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        let answer = match admin.describe_configs([&resource], options).await {
+            Ok(described) => match described.into_iter().next() {
+                Some(Ok(config)) => match config.get(name).and_then(|e| e.value.clone()) {
+                    Some(value) => return Ok(value),
+                    None => format!("{resource:?} has no {name}"),
+                },
+                Some(Err(code)) => format!("describing {resource:?}: {code}"),
+                None => format!("no configuration of {resource:?}"),
+            },
+            Err(e) => format!("describing {resource:?}: {e}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Config(answer));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

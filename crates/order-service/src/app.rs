@@ -29,6 +29,8 @@ pub async fn build(config: Config) -> anyhow::Result<Application<OnPaymentOutcom
         ),
         dead_letters: DeadLetterPolicy::new(bootstrap, config.consumer.dead_letter_limit())
             .context("creating the dead-letter producer")?,
+        retention: config.retention.clone(),
+        relay_stuck_after: config.relay_stuck_after(),
         handler: OnPaymentOutcome {
             pool: resources.pool.clone(),
         },

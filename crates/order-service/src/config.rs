@@ -33,6 +33,9 @@ pub struct Config {
     #[command(flatten)]
     pub consumer: ConsumerSettings,
 
+    #[command(flatten)]
+    pub retention: outbox::RetentionSettings,
+
     /// Consumer group of the payment.completed and payment.failed consumer.
     #[arg(long, env = "ORDER_CONSUMER_GROUP", default_value = "order-service")]
     pub consumer_group: String,
@@ -44,6 +47,11 @@ pub struct Config {
     /// How long a request may wait for a database connection, in seconds.
     #[arg(long, env = "ORDER_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
     pub db_acquire_timeout_secs: u64,
+
+    /// Readiness (`GET /health/ready`) reports the relay stuck when the oldest event not
+    /// yet published has waited longer than this, in seconds.
+    #[arg(long, env = "ORDER_RELAY_STUCK_AFTER_SECS", default_value_t = 60)]
+    pub relay_stuck_after_secs: u64,
 
     /// How long shutdown may take before in-flight work is abandoned, in seconds.
     #[arg(long, env = "ORDER_SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
@@ -66,6 +74,10 @@ impl Config {
 
     pub fn db_acquire_timeout(&self) -> Duration {
         Duration::from_secs(self.db_acquire_timeout_secs)
+    }
+
+    pub fn relay_stuck_after(&self) -> Duration {
+        Duration::from_secs(self.relay_stuck_after_secs)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

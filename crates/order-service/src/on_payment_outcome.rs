@@ -2,12 +2,20 @@
 //! `PAID`, `payment.failed` from `PENDING` to `PAYMENT_FAILED`.
 //!
 //! The payload type is chosen by the event type the message declares, whatever topic it
-//! came from. One transaction per batch: the events' ids go into the inbox (a redelivered
-//! event is recognised there and changes nothing), then one `UPDATE` per outcome moves
-//! the orders. Only a `PENDING` order moves, so an order's outcome is set once.
+//! came from. An event is checked against the order it names before it is trusted: one
+//! for an order this service does not have, or with another amount or currency, is
+//! poison (`poison.unknown-order`, `poison.amount-mismatch`) and changes nothing.
+//!
+//! One transaction per batch: the orders named are read, the events' ids go into the
+//! inbox (a redelivered event is recognised there and changes nothing), then one `UPDATE`
+//! per outcome moves the orders. Only a `PENDING` order moves, so an order's outcome is
+//! set once.
 
-use consumer::{BatchHandler, Failure, Outage, Outcome, Record};
-use events::{DecodeError, Envelope, EventType, PaymentCompleted, PaymentFailed};
+use std::collections::HashMap;
+
+use consumer::{BatchError, BatchHandler, Failure, Outcome, Record};
+use events::{Amount, Currency, DecodeError, Envelope, EventType, PaymentCompleted, PaymentFailed};
+use rust_decimal::Decimal;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -20,28 +28,38 @@ pub struct OnPaymentOutcome {
 
 /// What a payment event means for its order.
 struct Settlement {
+    /// Its place in the batch.
+    index: usize,
     event_id: Uuid,
     order_id: Uuid,
+    amount: Amount,
+    currency: Currency,
     paid: bool,
 }
 
 impl Settlement {
-    fn decode(message: &Record) -> Result<Self, DecodeError> {
+    fn decode(index: usize, message: &Record) -> Result<Self, DecodeError> {
         let bytes = message.payload.as_deref();
         match EventType::of(bytes, "payment.completed or payment.failed")? {
             EventType::PaymentCompleted => {
                 let e = Envelope::<PaymentCompleted>::decode(bytes)?;
                 Ok(Self {
+                    index,
                     event_id: e.event_id,
                     order_id: e.payload.order_id,
+                    amount: e.payload.amount,
+                    currency: e.payload.currency,
                     paid: true,
                 })
             }
             EventType::PaymentFailed => {
                 let e = Envelope::<PaymentFailed>::decode(bytes)?;
                 Ok(Self {
+                    index,
                     event_id: e.event_id,
                     order_id: e.payload.order_id,
+                    amount: e.payload.amount,
+                    currency: e.payload.currency,
                     paid: false,
                 })
             }
@@ -54,35 +72,76 @@ impl Settlement {
 }
 
 impl BatchHandler for OnPaymentOutcome {
-    async fn handle(&self, batch: &[Record]) -> Result<Vec<Outcome>, Outage> {
-        let mut outcomes = Vec::with_capacity(batch.len());
+    async fn handle(&self, batch: &[Record]) -> Result<Vec<Outcome>, BatchError> {
+        let mut outcomes = vec![Outcome::Applied; batch.len()];
         let mut settlements = Vec::new();
-        for message in batch {
-            match Settlement::decode(message) {
-                Ok(settlement) => {
-                    settlements.push(settlement);
-                    outcomes.push(Outcome::Applied);
-                }
+        for (index, message) in batch.iter().enumerate() {
+            match Settlement::decode(index, message) {
+                Ok(settlement) => settlements.push(settlement),
                 Err(e) => {
-                    outcomes.push(Outcome::DeadLetter(Failure::new(e.class(), e.to_string())));
+                    outcomes[index] = Outcome::DeadLetter(Failure::new(e.class(), e.to_string()));
                 }
             }
         }
         if !settlements.is_empty() {
-            settle(&self.pool, &settlements)
+            let untrusted = settle(&self.pool, &settlements)
                 .await
-                .map_err(|e| Outage(format!("order database: {e}")))?;
+                .map_err(|e| service_kit::database::batch_error("order database", e))?;
+            for (index, failure) in untrusted {
+                outcomes[index] = Outcome::DeadLetter(failure);
+            }
         }
         Ok(outcomes)
     }
 }
 
-async fn settle(pool: &PgPool, settlements: &[Settlement]) -> sqlx::Result<()> {
+/// Applies the settlements that agree with their orders, in one transaction, and returns
+/// the places and reasons of those that do not.
+async fn settle(pool: &PgPool, settlements: &[Settlement]) -> sqlx::Result<Vec<(usize, Failure)>> {
     let mut tx = pool.begin().await?;
-    let event_ids: Vec<Uuid> = settlements.iter().map(|s| s.event_id).collect();
+    let order_ids: Vec<Uuid> = settlements.iter().map(|s| s.order_id).collect();
+    let orders: HashMap<Uuid, (Decimal, String)> = sqlx::query_as::<_, (Uuid, Decimal, String)>(
+        "SELECT id, amount, currency FROM orders WHERE id = ANY($1)",
+    )
+    .bind(&order_ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|(id, amount, currency)| (id, (amount, currency)))
+    .collect();
+    let mut untrusted = Vec::new();
+    let mut trusted = Vec::with_capacity(settlements.len());
+    for settlement in settlements {
+        match orders.get(&settlement.order_id) {
+            None => untrusted.push((
+                settlement.index,
+                Failure::new(
+                    "poison.unknown-order",
+                    format!("no order {} here", settlement.order_id),
+                ),
+            )),
+            Some((amount, currency))
+                if *amount != settlement.amount.value()
+                    || currency != settlement.currency.code() =>
+            {
+                untrusted.push((
+                    settlement.index,
+                    Failure::new(
+                        "poison.amount-mismatch",
+                        format!(
+                            "the event says {} {} but order {} is for {amount} {currency}",
+                            settlement.amount, settlement.currency, settlement.order_id
+                        ),
+                    ),
+                ));
+            }
+            Some(_) => trusted.push(settlement),
+        }
+    }
+    let event_ids: Vec<Uuid> = trusted.iter().map(|s| s.event_id).collect();
     let fresh = outbox::inbox::record_new(&mut tx, CONSUMER, &event_ids).await?;
     let orders = |paid: bool| -> Vec<Uuid> {
-        settlements
+        trusted
             .iter()
             .filter(|s| s.paid == paid && fresh.contains(&s.event_id))
             .map(|s| s.order_id)
@@ -108,9 +167,10 @@ async fn settle(pool: &PgPool, settlements: &[Settlement]) -> sqlx::Result<()> {
     tracing::debug!(
         events = settlements.len(),
         new = fresh.len(),
+        untrusted = untrusted.len(),
         paid,
         failed,
         "payments applied"
     );
-    Ok(())
+    Ok(untrusted)
 }

@@ -6,3 +6,6 @@ CREATE TABLE processed_events (
     processed_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, event_id)
 );
+
+-- For the clean-up, which removes records older than the inbox's retention.
+CREATE INDEX processed_events_age ON processed_events (processed_at);

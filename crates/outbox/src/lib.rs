@@ -21,8 +21,15 @@
 //!   keeps the order of each partition.
 //! - **Prompt**: the relay wakes on `LISTEN outbox` (the table's insert trigger notifies)
 //!   and polls as a fallback.
+//! - **No stall**: a row Kafka refuses for good is **parked** with its error ([`parked`]):
+//!   rows of other keys go on, later rows of its key wait behind it, an ERROR line counts
+//!   the parked rows, and `outbox parked` / `outbox requeue` list them and put them back
+//!   in line once the cause is fixed.
+//! - **Bounded tables**: [`cleanup`] removes published rows and old inbox records.
 
+pub mod cleanup;
 pub mod inbox;
+pub mod parked;
 mod relay;
 mod row;
 
@@ -30,7 +37,8 @@ use futures::future::BoxFuture;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{MigrateError, Migration, MigrationSource, Migrator};
 
-pub use relay::{Relay, RelayConfig, RelayError};
+pub use cleanup::RetentionSettings;
+pub use relay::{Published, Relay, RelayConfig, RelayError};
 pub use row::{enqueue, OutboxRow};
 
 /// The schema of the tables this crate owns (`outbox`, `processed_events`). Versions

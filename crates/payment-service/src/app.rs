@@ -31,12 +31,14 @@ pub async fn build(config: Config) -> anyhow::Result<Application<OnOrderCreated>
         ),
         dead_letters: DeadLetterPolicy::new(bootstrap, config.consumer.dead_letter_limit())
             .context("creating the dead-letter producer")?,
-        handler: OnOrderCreated {
-            pool: resources.pool.clone(),
+        retention: config.retention.clone(),
+        relay_stuck_after: config.relay_stuck_after(),
+        handler: OnOrderCreated::new(
+            resources.pool.clone(),
             topics,
             gateway,
-            gateway_concurrency: config.gateway_concurrency as usize,
-        },
+            config.gateway_concurrency as usize,
+        ),
         resources,
         shutdown_timeout: config.shutdown_timeout(),
     })

@@ -33,6 +33,9 @@ pub struct Config {
     #[command(flatten)]
     pub consumer: ConsumerSettings,
 
+    #[command(flatten)]
+    pub retention: outbox::RetentionSettings,
+
     /// Consumer group of the order.created consumer.
     #[arg(
         long,
@@ -69,6 +72,11 @@ pub struct Config {
     #[arg(long, env = "PAYMENT_SIMULATED_DECLINE_ABOVE")]
     pub simulated_decline_above: Option<rust_decimal::Decimal>,
 
+    /// Readiness (`GET /health/ready`) reports the relay stuck when the oldest event not
+    /// yet published has waited longer than this, in seconds.
+    #[arg(long, env = "PAYMENT_RELAY_STUCK_AFTER_SECS", default_value_t = 60)]
+    pub relay_stuck_after_secs: u64,
+
     /// How long shutdown may take before in-flight work is abandoned, in seconds.
     #[arg(long, env = "PAYMENT_SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
     pub shutdown_timeout_secs: u64,
@@ -90,6 +98,10 @@ impl Config {
 
     pub fn db_acquire_timeout(&self) -> Duration {
         Duration::from_secs(self.db_acquire_timeout_secs)
+    }
+
+    pub fn relay_stuck_after(&self) -> Duration {
+        Duration::from_secs(self.relay_stuck_after_secs)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

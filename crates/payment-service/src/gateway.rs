@@ -36,6 +36,25 @@ pub enum Charge {
 }
 
 impl Charge {
+    /// An approval, its reference cleaned and bounded ([`clean`]).
+    pub fn approved(reference: &str) -> Self {
+        Charge::Approved {
+            reference: clean(reference, MAX_REFERENCE_CHARS),
+        }
+    }
+
+    /// A decline, its reason cleaned and bounded ([`clean`]); never empty.
+    pub fn declined(reason: &str) -> Self {
+        let reason = clean(reason, MAX_REASON_CHARS);
+        Charge::Declined {
+            reason: if reason.is_empty() {
+                "declined".into()
+            } else {
+                reason
+            },
+        }
+    }
+
     /// The status of the payment this charge makes.
     pub fn status(&self) -> PaymentStatus {
         match self {
@@ -122,12 +141,10 @@ pub struct Simulated {
 impl Simulated {
     fn charge(&self, request: &ChargeRequest) -> Charge {
         match self.decline_above {
-            Some(limit) if request.amount.value() > limit => Charge::Declined {
-                reason: format!("amount above the simulated limit of {limit}"),
-            },
-            _ => Charge::Approved {
-                reference: format!("sim-{}", request.order_id),
-            },
+            Some(limit) if request.amount.value() > limit => {
+                Charge::declined(&format!("amount above the simulated limit of {limit}"))
+            }
+            _ => Charge::approved(&format!("sim-{}", request.order_id)),
         }
     }
 }
@@ -166,7 +183,7 @@ impl HttpGateway {
     }
 
     async fn charge(&self, request: &ChargeRequest) -> Result<Charge, GatewayError> {
-        let response = self
+        let mut response = self
             .client
             .post(&self.charges_url)
             .header("idempotency-key", request.order_id.to_string())
@@ -175,14 +192,13 @@ impl HttpGateway {
             .await
             .map_err(|e| GatewayError::Unavailable(describe(&e)))?;
         let status = response.status();
+        let body = read_bounded(&mut response).await;
         if status == reqwest::StatusCode::PAYMENT_REQUIRED {
-            let body: DeclineBody = response
-                .json()
-                .await
-                .unwrap_or(DeclineBody { reason: None });
-            return Ok(Charge::Declined {
-                reason: body.reason.unwrap_or_else(|| "declined".into()),
-            });
+            let reason = body
+                .ok()
+                .and_then(|b| serde_json::from_slice::<DeclineBody>(&b).ok())
+                .and_then(|b| b.reason);
+            return Ok(Charge::declined(reason.as_deref().unwrap_or("declined")));
         }
         if status.is_server_error()
             || status == reqwest::StatusCode::REQUEST_TIMEOUT
@@ -191,21 +207,63 @@ impl HttpGateway {
             return Err(GatewayError::Unavailable(format!("answered {status}")));
         }
         if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            let text: String = text.chars().take(200).collect();
-            return Err(GatewayError::Refused(format!("answered {status}: {text}")));
+            let text = body.map_or_else(|e| e, |b| String::from_utf8_lossy(&b).into_owned());
+            return Err(GatewayError::Refused(format!(
+                "answered {status}: {}",
+                clean(&text, 200)
+            )));
         }
         // An unreadable success may still have charged: retrying with the same key is
         // safe, so it counts as unavailable rather than refused.
-        match response.json::<Answer>().await {
-            Ok(Answer::Approved { reference }) => Ok(Charge::Approved { reference }),
-            Ok(Answer::Declined { reason }) => Ok(Charge::Declined { reason }),
+        let body = body.map_err(GatewayError::Unavailable)?;
+        match serde_json::from_slice::<Answer>(&body) {
+            Ok(Answer::Approved { reference }) => Ok(Charge::approved(&reference)),
+            Ok(Answer::Declined { reason }) => Ok(Charge::declined(&reason)),
             Err(e) => Err(GatewayError::Unavailable(format!(
-                "unreadable answer ({status}): {}",
-                describe(&e)
+                "unreadable answer ({status}): {e}"
             ))),
         }
     }
+}
+
+/// The largest answer read from the gateway; a larger one is not an answer this protocol
+/// gives, and is not read into memory.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// The longest decline reason kept, in characters.
+pub const MAX_REASON_CHARS: usize = 500;
+/// The longest gateway reference kept, in characters.
+pub const MAX_REFERENCE_CHARS: usize = 200;
+
+/// The answer's body, or why it is not read: larger than [`MAX_ANSWER_BYTES`], or cut
+/// off. Bounded in time by the client's timeout.
+async fn read_bounded(response: &mut reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                    return Err(format!(
+                        "answer larger than {MAX_ANSWER_BYTES} bytes, not read"
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(format!("reading the answer: {}", describe(&e))),
+        }
+    }
+}
+
+/// Text from the gateway as the platform keeps it: control characters (U+0000 among
+/// them, which PostgreSQL cannot store) removed, surrounding space trimmed, at most
+/// `limit` characters.
+pub fn clean(text: &str, limit: usize) -> String {
+    let cleaned: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(limit)
+        .collect();
+    cleaned.trim().to_owned()
 }
 
 fn describe(error: &reqwest::Error) -> String {
@@ -221,6 +279,31 @@ fn describe(error: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_text_is_cleaned_and_bounded() {
+        assert_eq!(
+            Charge::declined("insufficient\u{0} funds\n"),
+            Charge::Declined {
+                reason: "insufficient funds".into()
+            }
+        );
+        assert_eq!(
+            Charge::declined("\u{0}\u{7}"),
+            Charge::Declined {
+                reason: "declined".into()
+            }
+        );
+        let long = "x".repeat(10_000);
+        assert_eq!(
+            Charge::approved(&long).reference().map(str::len),
+            Some(MAX_REFERENCE_CHARS)
+        );
+        assert_eq!(
+            Charge::declined(&long).decline_reason().map(str::len),
+            Some(MAX_REASON_CHARS)
+        );
+    }
 
     fn request(amount: &str) -> ChargeRequest {
         ChargeRequest {

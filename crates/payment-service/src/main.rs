@@ -7,5 +7,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let app = payment_service::build(config).await?;
     tracing::info!(port = app.port(), "payment-service listening");
-    app.run_until_stopped(service_kit::shutdown_signal()).await
+    app.run_until_stopped(service_kit::shutdown_signal())
+        .await
+        .map(|_stats| ())
 }

@@ -13,12 +13,18 @@
 //! 4. one transaction stores what is new ([`crate::store::store_new`], the one place that
 //!    decides it) and queues the new payments' events in the outbox.
 //!
-//! A database error at any step is an outage: the runner retries the whole batch, and
-//! the charges are repeated under the same idempotency key, which cannot charge twice.
+//! A database error is an outage (the runner retries the whole batch) unless it is one
+//! that would recur however often it is tried — a value the database refuses — which the
+//! runner pins to its message by splitting the batch ([`service_kit::database`]). The
+//! gateway's answers are kept until they are stored, so a retried batch does not ask the
+//! gateway again; a charge that is asked again carries the same idempotency key, which
+//! cannot charge twice.
 
 use std::collections::{HashMap, HashSet};
 
-use consumer::{BatchHandler, Failure, Outage, Outcome, Record};
+use std::sync::Mutex;
+
+use consumer::{BatchError, BatchHandler, Failure, Outcome, Record};
 use events::{Envelope, OrderCreated, Topics};
 use futures::StreamExt;
 use sqlx::PgPool;
@@ -33,10 +39,29 @@ pub struct OnOrderCreated {
     pub gateway: Gateway,
     /// Most charges in flight at once, for a remote gateway.
     pub gateway_concurrency: usize,
+    /// The gateway's answers not stored yet, by order: a batch tried again after an
+    /// outage, or split to find a refused message, does not ask the gateway again.
+    pub answered: Mutex<HashMap<Uuid, Charge>>,
+}
+
+/// More answers than this waiting to be stored means they are not being stored at all:
+/// they are dropped rather than kept without bound.
+const MAX_KEPT_ANSWERS: usize = 100_000;
+
+impl OnOrderCreated {
+    pub fn new(pool: PgPool, topics: Topics, gateway: Gateway, gateway_concurrency: usize) -> Self {
+        Self {
+            pool,
+            topics,
+            gateway,
+            gateway_concurrency,
+            answered: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 impl BatchHandler for OnOrderCreated {
-    async fn handle(&self, batch: &[Record]) -> Result<Vec<Outcome>, Outage> {
+    async fn handle(&self, batch: &[Record]) -> Result<Vec<Outcome>, BatchError> {
         let mut outcomes = vec![Outcome::Applied; batch.len()];
         let mut orders: Vec<(usize, Envelope<OrderCreated>)> = Vec::new();
         for (index, message) in batch.iter().enumerate() {
@@ -50,13 +75,13 @@ impl BatchHandler for OnOrderCreated {
         if orders.is_empty() {
             return Ok(outcomes);
         }
-        let outage = |e: sqlx::Error| Outage(format!("payment database: {e}"));
+        let database = |e| service_kit::database::batch_error("payment database", e);
 
         let paid: HashSet<Uuid> = if self.gateway.is_remote() {
             let order_ids: Vec<Uuid> = orders.iter().map(|(_, e)| e.payload.order_id).collect();
             store::paid_orders(&self.pool, &order_ids)
                 .await
-                .map_err(outage)?
+                .map_err(database)?
                 .into_iter()
                 .collect()
         } else {
@@ -81,11 +106,12 @@ impl BatchHandler for OnOrderCreated {
                 Some(Err(e)) => outcomes[*index] = e.outcome(),
             }
         }
-        let mut tx = self.pool.begin().await.map_err(outage)?;
+        let mut tx = self.pool.begin().await.map_err(database)?;
         let stored = store::store_new(&mut tx, &self.topics, &applied, &charged)
             .await
-            .map_err(outage)?;
-        tx.commit().await.map_err(outage)?;
+            .map_err(database)?;
+        tx.commit().await.map_err(database)?;
+        self.forget(orders.iter().map(|(_, e)| e.payload.order_id));
         tracing::debug!(
             events = applied.len(),
             charged = charged.len(),
@@ -97,17 +123,33 @@ impl BatchHandler for OnOrderCreated {
 }
 
 impl OnOrderCreated {
-    /// Charges each order not in `paid`, once per order even if the batch holds it twice.
+    /// Charges each order not in `paid`, once per order even if the batch holds it twice;
+    /// an order the gateway already answered (in an earlier try of this batch) is not
+    /// asked again.
     async fn charge_all(
         &self,
         orders: &[(usize, Envelope<OrderCreated>)],
         paid: &HashSet<Uuid>,
     ) -> HashMap<Uuid, Result<Charge, GatewayError>> {
+        let mut results: HashMap<Uuid, Result<Charge, GatewayError>> = HashMap::new();
+        {
+            let answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
+            for (_, event) in orders {
+                let order_id = event.payload.order_id;
+                if let Some(charge) = answered.get(&order_id) {
+                    results.insert(order_id, Ok(charge.clone()));
+                }
+            }
+        }
         let mut seen = HashSet::new();
         let requests: Vec<ChargeRequest> = orders
             .iter()
             .map(|(_, e)| &e.payload)
-            .filter(|o| !paid.contains(&o.order_id) && seen.insert(o.order_id))
+            .filter(|o| {
+                !paid.contains(&o.order_id)
+                    && !results.contains_key(&o.order_id)
+                    && seen.insert(o.order_id)
+            })
             .map(|o| ChargeRequest {
                 order_id: o.order_id,
                 amount: o.amount,
@@ -119,13 +161,32 @@ impl OnOrderCreated {
         } else {
             1
         };
-        futures::stream::iter(requests)
+        let asked: Vec<(Uuid, Result<Charge, GatewayError>)> = futures::stream::iter(requests)
             .map(|request| async move {
                 let result = self.gateway.charge(&request).await;
                 (request.order_id, result)
             })
             .buffer_unordered(concurrency)
             .collect()
-            .await
+            .await;
+        let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
+        if answered.len() > MAX_KEPT_ANSWERS {
+            answered.clear();
+        }
+        for (order_id, result) in asked {
+            if let Ok(charge) = &result {
+                answered.insert(order_id, charge.clone());
+            }
+            results.insert(order_id, result);
+        }
+        results
+    }
+
+    /// Drops the kept answers of orders whose payments are stored.
+    fn forget(&self, orders: impl Iterator<Item = Uuid>) {
+        let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
+        for order_id in orders {
+            answered.remove(&order_id);
+        }
     }
 }

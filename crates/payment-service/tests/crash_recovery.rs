@@ -5,6 +5,10 @@
 //! The service runs as a real OS process (this package's binary). Its background offset
 //! commit is set to once a minute, so when every payment is in the database no offset
 //! has been committed yet: the kill lands in exactly the window that matters.
+//!
+//! And the window that matters for money: killed after the gateway took the charges and
+//! before the database commit. The restarted process asks again, under the same
+//! idempotency key per order, so a gateway that honours the key charges each order once.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,15 +18,36 @@ use testkit::{kafka, postgres, unique_name, Record, TestDatabase};
 use uuid::Uuid;
 
 const ORDERS: usize = 500;
-const GROUP: &str = "payment-service";
 
-fn spawn_service(db: &TestDatabase, bootstrap: &str, prefix: &str, commit_ms: u64) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_payment-service"))
+fn order_created(count: usize) -> Vec<Record> {
+    (0..count)
+        .map(|i| {
+            let order_id = Uuid::now_v7();
+            let amount = format!("{}.25", 1 + i).parse().expect("amount");
+            let event = OrderCreated::event(order_id, amount, Currency::USD);
+            Record::new(serde_json::to_vec(&event).expect("json")).key(order_id.to_string())
+        })
+        .collect()
+}
+
+fn spawn_service(
+    db: &TestDatabase,
+    bootstrap: &str,
+    prefix: &str,
+    commit_ms: u64,
+    gateway: Option<&str>,
+) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_payment-service"));
+    if let Some(url) = gateway {
+        command.env("PAYMENT_GATEWAY_URL", url);
+    }
+    command
+        .env("PAYMENT_GATEWAY_TIMEOUT_MS", "10000")
         .env("PAYMENT_LISTEN", "127.0.0.1:0")
         .env("PAYMENT_DATABASE_URL", &db.url)
         .env("KAFKA_BOOTSTRAP", bootstrap)
         .env("TOPIC_PREFIX", prefix)
-        .env("PAYMENT_CONSUMER_GROUP", GROUP)
+        .env("PAYMENT_CONSUMER_GROUP", format!("{prefix}payment-service"))
         .env("CONSUMER_COMMIT_INTERVAL_MS", commit_ms.to_string())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -57,14 +82,7 @@ async fn killed_between_database_commit_and_offset_commit_it_pays_each_order_onc
             .create_topic(&topics.order_created, 6, 1)
             .await
             .expect("topic");
-        let records: Vec<Record> = (0..ORDERS)
-            .map(|i| {
-                let order_id = Uuid::now_v7();
-                let amount = format!("{}.25", 1 + i).parse().expect("amount");
-                let event = OrderCreated::event(order_id, amount, Currency::USD);
-                Record::new(serde_json::to_vec(&event).expect("json")).key(order_id.to_string())
-            })
-            .collect();
+        let records = order_created(ORDERS);
         client
             .produce_all(&topics.order_created, &records)
             .await
@@ -76,7 +94,8 @@ async fn killed_between_database_commit_and_offset_commit_it_pays_each_order_onc
             .await
             .expect("db");
 
-        let mut first = spawn_service(&db, broker.bootstrap(), &prefix, 60_000);
+        let group = format!("{prefix}payment-service");
+        let mut first = spawn_service(&db, broker.bootstrap(), &prefix, 60_000, None);
         eventually(
             Duration::from_secs(120),
             "every order paid in the database",
@@ -86,21 +105,21 @@ async fn killed_between_database_commit_and_offset_commit_it_pays_each_order_onc
         first.kill().expect("SIGKILL");
         first.wait().expect("reaped");
         let committed = client
-            .committed_total(GROUP, &topics.order_created)
+            .committed_total(&group, &topics.order_created)
             .await
             .expect("offsets");
-        assert!(
-            committed < ORDERS as i64,
-            "the kill must land before the offsets were committed (committed {committed})"
+        assert_eq!(
+            committed, 0,
+            "the kill lands after the database commit and before any offset commit"
         );
 
-        let mut second = spawn_service(&db, broker.bootstrap(), &prefix, 1000);
+        let mut second = spawn_service(&db, broker.bootstrap(), &prefix, 1000, None);
         eventually(
             Duration::from_secs(120),
             "the redelivered batch consumed",
             async || {
                 client
-                    .committed_total(GROUP, &topics.order_created)
+                    .committed_total(&group, &topics.order_created)
                     .await
                     .unwrap_or(0)
                     == ORDERS as i64
@@ -122,6 +141,117 @@ async fn killed_between_database_commit_and_offset_commit_it_pays_each_order_onc
         );
         let _ = second.kill();
         let _ = second.wait();
+    })
+    .await
+    .expect("the test did not finish within 5 minutes");
+}
+
+#[tokio::test]
+async fn killed_after_the_gateway_charged_and_before_the_database_commit_it_charges_each_key_once()
+{
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    const CHARGED: usize = 20;
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let broker = kafka::broker().await.expect("kafka");
+        let client = broker.client();
+        let prefix = format!("{}.", unique_name("crash-gateway"));
+        let topics = Topics::with_prefix(&prefix);
+        client
+            .create_topic(&topics.order_created, 6, 1)
+            .await
+            .expect("topic");
+        let records = order_created(CHARGED);
+        client
+            .produce_all(&topics.order_created, &records)
+            .await
+            .expect("produce");
+        let db = postgres::server()
+            .await
+            .expect("postgres")
+            .fresh_database()
+            .await
+            .expect("db");
+        // The gateway takes the charge at once and answers 3 s later: the window in
+        // which the process is killed.
+        let gateway = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/charges"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"status": "approved", "reference": "ch"}))
+                    .set_delay(Duration::from_secs(3)),
+            )
+            .mount(&gateway)
+            .await;
+        let requests = || async { gateway.received_requests().await.unwrap_or_default() };
+
+        let uri = gateway.uri();
+        let mut first = spawn_service(&db, broker.bootstrap(), &prefix, 1000, Some(&uri));
+        eventually(
+            Duration::from_secs(120),
+            "every order charged at the gateway",
+            async || requests().await.len() >= CHARGED,
+        )
+        .await;
+        first.kill().expect("SIGKILL");
+        first.wait().expect("reaped");
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM payments").await,
+            0,
+            "the kill lands after the charges and before the database commit"
+        );
+
+        let mut second = spawn_service(&db, broker.bootstrap(), &prefix, 1000, Some(&uri));
+        eventually(
+            Duration::from_secs(120),
+            "every order paid after the restart",
+            async || count(&db, "SELECT count(*) FROM payments").await == CHARGED as i64,
+        )
+        .await;
+        let _ = second.kill();
+        let _ = second.wait();
+
+        // Per idempotency key: the order it names, asked once by each process.
+        let mut per_key: std::collections::BTreeMap<String, usize> = Default::default();
+        for request in requests().await {
+            let key = request
+                .headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .expect("every charge carries an idempotency key")
+                .to_owned();
+            let body: serde_json::Value = serde_json::from_slice(&request.body).expect("json");
+            assert_eq!(body["order_id"], key.as_str(), "the key is the order's id");
+            *per_key.entry(key).or_default() += 1;
+        }
+        let orders: std::collections::BTreeSet<String> = records
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned())
+            .collect();
+        assert_eq!(
+            per_key
+                .keys()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>(),
+            orders,
+            "one idempotency key per order"
+        );
+        assert!(
+            per_key.values().all(|n| *n == 2),
+            "each key asked once before the kill and once after: {per_key:?}"
+        );
+        assert_eq!(
+            count(&db, "SELECT count(DISTINCT order_id) FROM payments").await,
+            CHARGED as i64,
+            "one payment per order"
+        );
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM outbox").await,
+            CHARGED as i64,
+            "one payment.completed per order"
+        );
     })
     .await
     .expect("the test did not finish within 5 minutes");

@@ -1,6 +1,7 @@
 //! The dead-letter guard, seen by an operator: a payment-service process fed nothing but
-//! poison exits on its own, with a non-zero status and a log line that says why and which
-//! setting governs it, instead of emptying order.created into its dead-letter topic.
+//! poison halts its consumer instead of emptying order.created into its dead-letter
+//! topic, says why at ERROR and which setting governs it, reports itself not ready — and
+//! keeps serving HTTP. Stopped, it exits with a non-zero status that says why.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use events::Topics;
 use testkit::{kafka, postgres, unique_name, Record};
 
 #[tokio::test]
-async fn a_service_fed_only_poison_exits_and_says_why() {
+async fn a_service_fed_only_poison_halts_its_consumer_says_why_and_exits_non_zero_when_stopped() {
     tokio::time::timeout(Duration::from_secs(180), async {
         let broker = kafka::broker().await.expect("kafka");
         let client = broker.client();
@@ -34,8 +35,13 @@ async fn a_service_fed_only_poison_exits_and_says_why() {
             .expect("db");
 
         let log = std::env::temp_dir().join(format!("{}.log", unique_name("payment-service")));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
         let mut service = Command::new(env!("CARGO_BIN_EXE_payment-service"))
-            .env("PAYMENT_LISTEN", "127.0.0.1:0")
+            .env("PAYMENT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PAYMENT_CONSUMER_GROUP", unique_name("payment-service"))
             .env("PAYMENT_DATABASE_URL", &db.url)
             .env("KAFKA_BOOTSTRAP", broker.bootstrap())
             .env("TOPIC_PREFIX", &prefix)
@@ -47,29 +53,70 @@ async fn a_service_fed_only_poison_exits_and_says_why() {
             .spawn()
             .expect("start payment-service");
 
+        let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+        let started = Instant::now();
+        while !read_log().contains("stopped by the dead-letter guard") {
+            if let Some(status) = service.try_wait().expect("wait") {
+                panic!(
+                    "payment-service exited ({status}) instead of halting its consumer\n{}",
+                    read_log()
+                );
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                let _ = service.kill();
+                panic!("the guard did not trip within 120 s\n{}", read_log());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let output = read_log();
+        assert!(output.contains("CONSUMER_DLT_MAX_RATIO"), "{output}");
+        assert!(output.contains("poison.invalid"), "{output}");
+
+        // Still serving; not ready, and saying why.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        let base = format!("http://127.0.0.1:{port}");
+        let payments = http
+            .get(format!("{base}/payments"))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(payments.status(), 200, "HTTP is still served");
+        let ready = http
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .expect("GET ready");
+        assert_eq!(ready.status(), 503);
+        let body = ready.text().await.expect("body");
+        assert!(body.contains("dead-letter guard"), "{body}");
+
+        // SIGTERM: a clean stop of a halted service still says it failed.
+        let killed = Command::new("kill")
+            .args(["-TERM", &service.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
         let started = Instant::now();
         let status = loop {
             if let Some(status) = service.try_wait().expect("wait") {
                 break status;
             }
-            if started.elapsed() > Duration::from_secs(120) {
+            if started.elapsed() > Duration::from_secs(60) {
                 let _ = service.kill();
-                panic!("payment-service did not stop by itself within 120 s");
+                panic!("payment-service did not stop within 60 s of SIGTERM");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let output = std::fs::read_to_string(&log).unwrap_or_default();
+        let output = read_log();
         let _ = std::fs::remove_file(&log);
         assert!(
             !status.success(),
-            "a guard stop is a failure: {status}\n{output}"
+            "a halted consumer makes a failed exit: {status}\n{output}"
         );
-        assert!(
-            output.contains("stopped by the dead-letter guard"),
-            "{output}"
-        );
-        assert!(output.contains("CONSUMER_DLT_MAX_RATIO"), "{output}");
-        assert!(output.contains("poison.invalid"), "{output}");
+        assert!(output.contains("the consumer had halted"), "{output}");
 
         let dlt = ::kafka::dead_letter_topic(&topics.order_created);
         let dead = client.record_count(&dlt).await.expect("count");

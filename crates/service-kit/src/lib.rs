@@ -1,4 +1,7 @@
 //! What the services share, so each service holds only what is its own:
+//! - [`database`]: what a database error means for a consumer's batch (outage or
+//!   refusal);
+//! - [`health`]: `GET /health/live` and `GET /health/ready`;
 //! - [`problem`]: RFC 9457 problem responses, so every error has one shape;
 //! - [`lifecycle`]: connecting to PostgreSQL (running the shared and the service's own
 //!   migrations) and Kafka (creating the topics) at start-up, and the [`Application`]:
@@ -7,6 +10,8 @@
 //! - [`init_tracing`]: log lines to stderr, filtered by `RUST_LOG`;
 //! - [`shutdown_signal`]: Ctrl-C or SIGTERM.
 
+pub mod database;
+pub mod health;
 pub mod lifecycle;
 pub mod problem;
 

@@ -10,10 +10,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use consumer::{BatchHandler, ConsumerConfig, DeadLetterPolicy};
+use consumer::{BatchHandler, ConsumerConfig, DeadLetterPolicy, Stats};
 use events::Topics;
 use kafka::KafkaSettings;
-use outbox::{Relay, RelayConfig};
+use outbox::{Relay, RelayConfig, RetentionSettings};
+
+use crate::health::Health;
 use rdkafka::producer::FutureProducer;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
@@ -82,20 +84,11 @@ impl Resources {
         // Every platform topic and its dead-letter topic, with the same partitions, so a
         // dead letter keeps its partition number.
         let topics = Topics::with_prefix(&needs.kafka.topic_prefix);
-        let mut names: Vec<String> = Vec::new();
-        for topic in topics.all() {
-            names.push(topic.to_owned());
-            names.push(kafka::dead_letter_topic(topic));
-        }
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        kafka::ensure_topics(
-            &needs.kafka.kafka_bootstrap,
-            &names,
-            needs.kafka.topic_partitions,
-            needs.kafka.topic_replication,
-        )
-        .await
-        .context("creating topics (KAFKA_BOOTSTRAP)")?;
+        needs
+            .kafka
+            .ensure_topics(&topics.all())
+            .await
+            .context("creating topics (KAFKA_BOOTSTRAP)")?;
         let producer = kafka::reliable_producer(&needs.kafka.kafka_bootstrap)
             .context("creating the Kafka producer")?;
         let listener = TcpListener::bind(needs.listen)
@@ -123,6 +116,10 @@ pub struct Application<H> {
     pub consumer: ConsumerConfig,
     /// Where the consumer's dead letters go, and when it stops instead.
     pub dead_letters: DeadLetterPolicy,
+    /// How long published outbox rows and inbox records are kept.
+    pub retention: RetentionSettings,
+    /// Readiness reports the relay stuck when the oldest unpublished event is older.
+    pub relay_stuck_after: Duration,
     pub handler: H,
     /// Bound on everything after the shutdown signal.
     pub shutdown_timeout: Duration,
@@ -136,32 +133,41 @@ impl<H: BatchHandler> Application<H> {
 
     /// Serves until `shutdown` completes. Then it stops taking requests and messages,
     /// finishes the batch in flight, commits consumer offsets and stops the relay, all
-    /// within `shutdown_timeout`.
+    /// within `shutdown_timeout`; closing the database pool after that is bounded too.
+    ///
+    /// A consumer that halts by itself (the dead-letter guard, or a dead letter Kafka
+    /// refuses) does not take the service down: the HTTP API keeps taking requests, their
+    /// events wait in the outbox, and the reason is logged at ERROR when it happens and
+    /// every [`HALT_REMINDER`] after. Returns the consumer's counts; an error when the
+    /// consumer halted, when serving failed, or when shutdown ran out of time, so that
+    /// the exit status says what happened.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Stats> {
+        let name = self.name;
         let stop = CancellationToken::new();
         let Resources {
             listener,
             pool,
             producer,
         } = self.resources;
+        let health = Health::new(pool.clone(), producer.clone(), self.relay_stuck_after);
+        let router = self.router.merge(health.clone().router());
         let relay = Relay::new(pool.clone(), producer, RelayConfig::default());
         let relay = tokio::spawn(relay.run(stop.clone()));
-        // A consumer that stops by itself (the dead-letter guard) stops the whole service,
-        // so that an orchestrator sees the process exit and the reason in its log.
+        let cleanup = tokio::spawn(self.retention.run(pool.clone(), stop.clone()));
         let consuming = tokio::spawn({
-            let stop = stop.clone();
             let running =
                 consumer::run(self.consumer, self.handler, self.dead_letters, stop.clone());
-            async move {
-                let result = running.await;
-                stop.cancel();
-                result
-            }
+            remind_while_halted(name, running, health, stop.clone())
         });
-        let serving = axum::serve(listener, self.router).with_graceful_shutdown({
+        let aborts = [
+            relay.abort_handle(),
+            consuming.abort_handle(),
+            cleanup.abort_handle(),
+        ];
+        let serving = axum::serve(listener, router).with_graceful_shutdown({
             let stop = stop.clone();
             async move {
                 tokio::select! {
@@ -178,6 +184,7 @@ impl<H: BatchHandler> Application<H> {
             stopping.cancel(); // the server may also end by itself, on an error
             let consumed = consuming.await;
             let _ = relay.await;
+            let _ = cleanup.await;
             (served, consumed)
         };
         let limit = self.shutdown_timeout;
@@ -185,20 +192,60 @@ impl<H: BatchHandler> Application<H> {
             outcome = everything => Some(outcome),
             () = async { stop.cancelled().await; tokio::time::sleep(limit).await } => None,
         };
-        pool.close().await;
+        for abort in aborts {
+            abort.abort();
+        }
+        // Bounded too: a task cut off above may still hold a connection.
+        if tokio::time::timeout(POOL_CLOSE_TIMEOUT, pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(service = name, timeout = ?POOL_CLOSE_TIMEOUT, "closing the database pool timed out");
+        }
         let Some((served, consumed)) = outcome else {
-            tracing::warn!(
-                service = self.name,
-                ?limit,
-                "shutdown did not finish in time"
+            anyhow::bail!(
+                "{name}: shutdown did not finish within {limit:?}; the work in flight was \
+                 abandoned (its offsets stay uncommitted, so it is redelivered)"
             );
-            return Ok(());
         };
         served.context("serving HTTP")?;
         let stats = consumed
             .context("the consumer task failed")?
-            .context("consuming")?;
-        tracing::info!(service = self.name, ?stats, "stopped");
-        Ok(())
+            .context("the consumer had halted")?;
+        tracing::info!(service = name, ?stats, "stopped");
+        Ok(stats)
     }
+}
+
+/// How often a halted consumer's reason is logged again.
+pub const HALT_REMINDER: Duration = Duration::from_secs(30);
+
+/// Bound on closing the database pool at shutdown.
+const POOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the consumer; if it halts by itself, says why at ERROR every [`HALT_REMINDER`]
+/// until `stop`, and then returns the reason.
+async fn remind_while_halted(
+    service: &'static str,
+    running: impl Future<Output = Result<Stats, consumer::ConsumerError>>,
+    health: Health,
+    stop: CancellationToken,
+) -> Result<Stats, consumer::ConsumerError> {
+    let result = running.await;
+    if let Err(error) = &result {
+        health.consumer_halted(error.to_string());
+        if !stop.is_cancelled() {
+            let mut reminders = tokio::time::interval(HALT_REMINDER);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = reminders.tick() => tracing::error!(
+                        service, %error,
+                        "the consumer is halted; the HTTP API is still served and events wait in the outbox; fix the cause and restart"
+                    ),
+                }
+            }
+        }
+    }
+    result
 }

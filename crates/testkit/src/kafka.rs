@@ -71,6 +71,13 @@ impl KafkaBroker {
         on_testkit(start_single_broker()).await
     }
 
+    /// Sends SIGKILL: the broker dies at once, with no controlled shutdown; [`Self::start`]
+    /// brings it back with its data.
+    pub async fn kill(&self) -> Result<()> {
+        let container = self.container()?;
+        engine::kill(container.id(), "SIGKILL").await
+    }
+
     /// Stops the broker (SIGTERM, then SIGKILL after 30 s); its data and address stay.
     pub async fn stop(&self) -> Result<()> {
         let container = self.container()?;
@@ -387,6 +394,174 @@ impl Kafka {
         }
     }
 
+    /// Every record of `topic`, from the start of each partition to its end as of this
+    /// call, in partition and offset order: counted to the end, never stopping at an
+    /// expected number, so a duplicate cannot hide. Fails after `timeout` saying how far
+    /// it got.
+    pub async fn read_all(&self, topic: &str, timeout: Duration) -> Result<Vec<Record>> {
+        let ends = self.end_offsets(topic).await?;
+        let consumer: BaseConsumer = self
+            .config()
+            .set("group.id", names::unique_name("testkit-reader"))
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + timeout;
+            let mut assignment = rdkafka::TopicPartitionList::new();
+            let mut left: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
+            for (&partition, &(low, high)) in &ends {
+                if low < high {
+                    assignment.add_partition_offset(
+                        &topic,
+                        partition,
+                        rdkafka::Offset::Offset(low),
+                    )?;
+                    left.insert(partition, high);
+                }
+            }
+            let mut records = Vec::new();
+            if left.is_empty() {
+                return Ok(records);
+            }
+            consumer.assign(&assignment)?;
+            while !left.is_empty() {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(Error::Timeout {
+                        what: format!(
+                            "reading {topic} to its end (got {} records; partitions not finished: {:?})",
+                            records.len(),
+                            left.keys().collect::<Vec<_>>()
+                        ),
+                        after: timeout,
+                    });
+                }
+                let Some(polled) = consumer.poll(deadline - now) else {
+                    continue;
+                };
+                // Transport errors while a broker is down are not final: keep reading.
+                let Ok(message) = polled else { continue };
+                let record = Record::from_message(&message);
+                let Some(&end) = left.get(&record.partition) else {
+                    continue;
+                };
+                if record.offset + 1 >= end {
+                    left.remove(&record.partition);
+                }
+                if record.offset < end {
+                    records.push(record);
+                }
+            }
+            // Closing can block when a broker is gone: on a thread of its own.
+            std::thread::spawn(move || drop(consumer));
+            records.sort_by_key(|r| (r.partition, r.offset));
+            Ok(records)
+        })
+        .await
+        .map_err(|e| Error::Unsupported(format!("reading task failed: {e}")))?
+    }
+
+    /// The low and high watermark of each partition of `topic`. A partition whose leader
+    /// is moving (just created, or a broker just died), or a broker that does not answer
+    /// (a loaded machine), is asked again, for up to a minute.
+    pub async fn end_offsets(
+        &self,
+        topic: &str,
+    ) -> Result<std::collections::BTreeMap<i32, (i64, i64)>> {
+        let consumer: BaseConsumer = self.config().create()?;
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + 2 * CALL_TIMEOUT;
+            loop {
+                let attempt = (|| -> Result<std::collections::BTreeMap<i32, (i64, i64)>> {
+                    let metadata = consumer.fetch_metadata(Some(&topic), CALL_TIMEOUT)?;
+                    let mut ends = std::collections::BTreeMap::new();
+                    for t in metadata.topics() {
+                        for p in t.partitions() {
+                            ends.insert(
+                                p.id(),
+                                consumer.fetch_watermarks(&topic, p.id(), CALL_TIMEOUT)?,
+                            );
+                        }
+                    }
+                    Ok(ends)
+                })();
+                match attempt {
+                    Err(Error::Kafka(e)) if is_moving(&e) && Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .map_err(|e| Error::Unsupported(format!("watermarks task failed: {e}")))?
+    }
+
+    /// The offset `group` has committed on each partition of `topic` (0 where it has
+    /// committed none): where it will start again, partition by partition.
+    pub async fn committed_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<std::collections::BTreeMap<i32, i64>> {
+        let consumer: BaseConsumer = self
+            .config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let metadata = consumer.fetch_metadata(Some(&topic), CALL_TIMEOUT)?;
+            let mut list = rdkafka::TopicPartitionList::new();
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    list.add_partition(&topic, p.id());
+                }
+            }
+            let committed = consumer.committed_offsets(list, CALL_TIMEOUT)?;
+            Ok(committed
+                .elements()
+                .iter()
+                .map(|e| {
+                    let offset = match e.offset() {
+                        rdkafka::Offset::Offset(n) => n,
+                        _ => 0,
+                    };
+                    (e.partition(), offset)
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| Error::Unsupported(format!("offsets task failed: {e}")))?
+    }
+
+    /// A topic's configuration, as the brokers describe it.
+    pub async fn topic_config(
+        &self,
+        topic: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let admin: AdminClient<DefaultClientContext> = self.config().create()?;
+        let options = AdminOptions::new().request_timeout(Some(CALL_TIMEOUT));
+        let described = admin
+            .describe_configs([&rdkafka::admin::ResourceSpecifier::Topic(topic)], &options)
+            .await?;
+        let config = described
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Unsupported(format!("no configuration of {topic}")))?
+            .map_err(|code| Error::KafkaAdmin {
+                what: format!("describing {topic}"),
+                code,
+            })?;
+        Ok(config
+            .entries
+            .into_iter()
+            .filter_map(|e| e.value.map(|v| (e.name, v)))
+            .collect())
+    }
+
     /// The sum over `topic`'s partitions of the offsets `group` has committed (a partition
     /// with no commit counts 0): how many records the group has finished with, when every
     /// record is processed once.
@@ -419,23 +594,15 @@ impl Kafka {
         .map_err(|e| Error::Unsupported(format!("offsets task failed: {e}")))?
     }
 
-    /// Records in `topic` (sum of high watermarks; topics here are never compacted).
+    /// Records in `topic` (sum of high watermarks less low ones; topics here are never
+    /// compacted).
     pub async fn record_count(&self, topic: &str) -> Result<i64> {
-        let consumer: BaseConsumer = self.config().create()?;
-        let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let metadata = consumer.fetch_metadata(Some(&topic), CALL_TIMEOUT)?;
-            let mut total = 0;
-            for t in metadata.topics() {
-                for p in t.partitions() {
-                    let (low, high) = consumer.fetch_watermarks(&topic, p.id(), CALL_TIMEOUT)?;
-                    total += high - low;
-                }
-            }
-            Ok(total)
-        })
-        .await
-        .map_err(|e| Error::Unsupported(format!("watermarks task failed: {e}")))?
+        Ok(self
+            .end_offsets(topic)
+            .await?
+            .values()
+            .map(|(low, high)| high - low)
+            .sum())
     }
 
     /// Waits until the cluster reports `count` brokers.
@@ -479,6 +646,23 @@ impl Kafka {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+/// Errors of a partition whose leader is being elected: they pass.
+fn is_moving(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            C::NotLeaderForPartition
+                | C::LeaderNotAvailable
+                | C::UnknownTopicOrPartition
+                | C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::RequestTimedOut
+                | C::OperationTimedOut
+        )
+    )
 }
 
 /// Produces `record` with a producer of the caller's and waits for the acknowledgement.
