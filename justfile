@@ -81,10 +81,10 @@ test *ARGS:
 clean:
     {{engine_env}}; scripts/leftovers.sh --remove
 
-# Run the failure drills (real 3-broker cluster, as OS processes); add a drill name to run one
+# Failure drills on the whole platform as OS processes (`just chaos --list`; `just chaos broker-kill --seed 7`)
 [group('test')]
-chaos DRILL="broker-kill" *ARGS:
-    {{engine_env}}; cargo run --release -p chaos -- {{DRILL}} {{ARGS}}; scripts/leftovers.sh
+chaos *ARGS:
+    {{engine_env}}; rc=0; cargo build --release --quiet -p order-service -p payment-service -p chaos && target/release/chaos {{ARGS}} || rc=$?; scripts/leftovers.sh || rc=1; exit $rc
 
 # Run the criterion benchmarks (reports in target/criterion); `just bench payment_consumer` runs one
 [group('test')]

@@ -47,6 +47,6 @@ wait_for() { # $1 = name, $2 = url
   echo "$1 did not answer within 30 s; see $dir/$1.log" >&2
   return 1
 }
-wait_for order-service http://127.0.0.1:8080/orders?limit=1
-wait_for payment-service http://127.0.0.1:8081/payments?limit=1
+wait_for order-service http://127.0.0.1:8080/health/ready
+wait_for payment-service http://127.0.0.1:8081/health/ready
 echo "Swagger UI: http://127.0.0.1:8080/swagger-ui/ and http://127.0.0.1:8081/swagger-ui/"

@@ -1,119 +1,174 @@
-//! Failure drills: each starts a real 3-broker KRaft cluster, does real work against it,
-//! breaks something on purpose and checks what a user would care about afterwards.
-//! Run them with `just chaos` (all) or `cargo run -p chaos -- <drill>`.
+//! `chaos`: the failure drills. `just chaos` runs them all; `just chaos broker-kill` one;
+//! `just chaos --list` names them.
 
-use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
+use chaos::drills::{self, DRILLS};
+use chaos::run::{self, Options};
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
-use testkit::kafka::{produce_with, Kafka};
-use testkit::{unique_name, KafkaCluster, Record};
 
 #[derive(Parser)]
-#[command(about = "Failure drills against a real 3-broker Kafka cluster")]
+#[command(
+    name = "chaos",
+    version,
+    about = "Failure drills: the whole platform under load, a fault injected mid-flow and healed, then a check that no order was lost, doubled, double-charged or stuck",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    /// Drills to run (all when none is named).
+    drills: Vec<String>,
+    /// Name the drills and stop.
+    #[arg(long)]
+    list: bool,
+    /// Seed of victims and timings (printed; repeat a run with it). Random when unset.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Orders per second.
+    #[arg(long, default_value_t = 60.0)]
+    rate: f64,
+    /// Seconds of load, at least (longer when a drill's fault needs it).
+    #[arg(long, default_value_t = 40)]
+    duration: u64,
+    /// Seconds into the load when the fault starts.
+    #[arg(long, default_value_t = 12)]
+    fault_at: u64,
+    /// Seconds the backlog may take to drain after the heal.
+    #[arg(long, default_value_t = 60)]
+    recover_within: u64,
+    /// Where reports go: <out>/<run>/report.md.
+    #[arg(long, default_value = "target/chaos")]
+    out: PathBuf,
+
     #[command(subcommand)]
-    drill: Drill,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
-enum Drill {
-    /// SIGKILL the leader of a partition while producing with acks=all, restart it, and
-    /// check that every acknowledged record is readable exactly once.
-    BrokerKill {
-        /// How many records to produce in all.
-        #[arg(long, default_value_t = 3000)]
-        records: usize,
-        /// Partitions of the drill's topic.
-        #[arg(long, default_value_t = 6)]
-        partitions: i32,
+enum Command {
+    /// Serve the stand-in payment gateway (the drills start it themselves).
+    #[command(hide = true)]
+    ServeGateway {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        record: PathBuf,
     },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().drill {
-        Drill::BrokerKill {
-            records,
-            partitions,
-        } => broker_kill(records, partitions).await,
+    let cli = Cli::parse();
+    if let Some(Command::ServeGateway { listen, record }) = cli.command {
+        return chaos::gateway::serve(listen, &record).await;
     }
-}
-
-async fn broker_kill(records: usize, partitions: i32) -> anyhow::Result<()> {
-    let started = Instant::now();
-    println!("starting a 3-broker KRaft cluster (RF 3, min.insync.replicas=2)…");
-    let cluster = KafkaCluster::start()
-        .await
-        .context("starting the cluster")?;
-    let kafka = cluster.client();
-    let topic = unique_name("drill-broker-kill");
-    kafka.create_topic(&topic, partitions, 3).await?;
-    cluster
-        .wait_for_full_isr(&topic, Duration::from_secs(120))
-        .await?;
-    println!("cluster up in {:.1?}; topic {topic}", started.elapsed());
-
-    let victim = leader_of_partition_zero(kafka, &topic).await?;
-    let producer = kafka.producer()?;
-    let bar = ProgressBar::new(records as u64).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} acknowledged {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let mut acknowledged = Vec::with_capacity(records);
-    for i in 0..records {
-        if i == records / 3 {
-            cluster.broker(victim).kill().await?;
-            bar.set_message(format!("(broker {victim} killed)"));
+    if cli.list {
+        for drill in DRILLS {
+            println!("{:<18} {}", drill.name, drill.about);
         }
-        if i == 2 * records / 3 {
-            cluster.broker(victim).start().await?;
-            bar.set_message(format!("(broker {victim} restarted)"));
-        }
-        let value = format!("record-{i}");
-        let record = Record::new(value.clone()).key(format!("key-{}", i % 97));
-        produce_with(&producer, &topic, &record)
-            .await
-            .with_context(|| format!("{value} was not acknowledged"))?;
-        acknowledged.push(value);
-        bar.inc(1);
+        return Ok(());
     }
-    bar.finish();
-
-    cluster
-        .wait_for_full_isr(&topic, Duration::from_secs(120))
-        .await
-        .context("the killed broker did not rejoin")?;
-    // Everything to the end of each partition: a duplicate beyond the count is counted.
-    let read = kafka.read_all(&topic, Duration::from_secs(120)).await?;
-    let read: Vec<String> = read.iter().map(Record::payload_text).collect();
-    let distinct: HashSet<&String> = read.iter().collect();
-    let missing = acknowledged
-        .iter()
-        .filter(|v| !distinct.contains(v))
-        .count();
-    let duplicates = read.len() - distinct.len();
+    let selected: Vec<&'static drills::Drill> = if cli.drills.is_empty() {
+        DRILLS.iter().collect()
+    } else {
+        cli.drills
+            .iter()
+            .map(|name| {
+                drills::find(name)
+                    .with_context(|| format!("no drill called {name:?}; `chaos --list` names them"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let seed = cli.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
+    });
+    let run_name = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
+    let dir = cli.out.join(&run_name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     println!(
-        "broker {victim} killed and restarted: {} acknowledged, {} read, {missing} missing, \
-         {duplicates} duplicated, in {:.1?}",
-        acknowledged.len(),
-        read.len(),
-        started.elapsed()
+        "{} drill(s), seed {seed} (--seed {seed} repeats them), {} orders/s; report in {}",
+        selected.len(),
+        cli.rate,
+        dir.display()
     );
-    if missing > 0 || duplicates > 0 {
-        bail!("the drill failed: acknowledged writes were lost or duplicated");
+
+    let mut outcomes = Vec::new();
+    let mut errors = Vec::new();
+    for (i, drill) in selected.iter().enumerate() {
+        let options = Options {
+            seed: seed.wrapping_add(i as u64),
+            rate: cli.rate,
+            duration: Duration::from_secs(cli.duration),
+            fault_at: Duration::from_secs(cli.fault_at),
+            drain_timeout: Duration::from_secs(120),
+            recover_within: Duration::from_secs(cli.recover_within),
+        };
+        let drill_dir = dir.join(drill.name);
+        let ran = tokio::select! {
+            ran = run::run(drill, &options, &drill_dir) => ran,
+            () = interrupted() => {
+                println!("interrupted: stopping and cleaning up");
+                break;
+            }
+        };
+        match ran {
+            Ok(outcome) => {
+                if let Err(e) =
+                    chaos::report::timeline_png(&drill_dir.join("timeline.png"), &outcome)
+                {
+                    println!("[{}] no timeline picture: {e:#}", drill.name);
+                }
+                println!(
+                    "[{}] {} in {:.0?}",
+                    drill.name,
+                    if outcome.verdict.passed() {
+                        "PASS"
+                    } else {
+                        "FAIL"
+                    },
+                    outcome.took
+                );
+                for failure in outcome.verdict.failures() {
+                    println!("[{}]   {failure}", drill.name);
+                }
+                outcomes.push(outcome);
+            }
+            Err(e) => {
+                println!("[{}] could not run: {e:#}", drill.name);
+                errors.push(format!("{}: {e:#}", drill.name));
+            }
+        }
+        std::fs::write(
+            dir.join("report.md"),
+            chaos::report::markdown(&run_name, &outcomes),
+        )?;
+    }
+    println!("\n{}", chaos::report::table(&outcomes));
+    println!("report: {}", dir.join("report.md").display());
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.verdict.passed())
+        .map(|o| o.drill.name)
+        .collect();
+    if !errors.is_empty() || !failed.is_empty() || outcomes.len() < selected.len() {
+        bail!(
+            "drills failed: {failed:?}; could not run: {errors:?}; ran {} of {}",
+            outcomes.len(),
+            selected.len()
+        );
     }
     Ok(())
 }
 
-async fn leader_of_partition_zero(kafka: &Kafka, topic: &str) -> anyhow::Result<i32> {
-    let metadata = kafka.metadata().await?;
-    let topic = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .context("topic missing from metadata")?;
-    Ok(topic.partitions()[0].leader())
+/// Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

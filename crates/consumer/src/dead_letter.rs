@@ -181,8 +181,9 @@ impl DeadLetterPolicy {
     }
 
     /// The source's partition number if the dead-letter topic has it; otherwise the
-    /// producer's partitioner picks one by key. A dead-letter topic the cluster says does
-    /// not exist is an error; no answer at all is not (the write then retries).
+    /// producer's partitioner picks one by key. A dead-letter topic the cluster refuses
+    /// to describe (not authorized, say) is an error; no answer, or an unknown topic, is
+    /// not (the write then says).
     async fn partition_for(
         &mut self,
         topic: &str,
@@ -209,8 +210,18 @@ impl DeadLetterPolicy {
             .await
             .ok()
             .flatten();
+            // A topic the cluster does not know *yet* (created a moment ago) looks the
+            // same as one that does not exist: neither is final here. The write itself
+            // tells them apart — librdkafka waits for a topic to appear for
+            // topic.metadata.propagation.max.ms (30 s), then refuses the record.
             let count = match count {
-                Some(Err(e)) if kafka::fault_of(&e) == Fault::Refused => return Err(e),
+                Some(Err(e))
+                    if kafka::fault_of(&e) == Fault::Refused
+                        && e.rdkafka_error_code()
+                            != Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition) =>
+                {
+                    return Err(e)
+                }
                 Some(Ok(count)) => Some(count),
                 _ => None,
             };

@@ -227,24 +227,20 @@ async fn keep_membership<T>(
 }
 
 fn pause(consumer: &Kafka) {
-    match consumer.assignment() {
-        Ok(assignment) => {
-            if let Err(e) = consumer.pause(&assignment) {
-                tracing::debug!(error = %e, "pausing partitions");
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "reading the assignment"),
+    if let Err(e) = consumer
+        .assignment()
+        .and_then(|assignment| consumer.pause(&assignment))
+    {
+        tracing::debug!(error = %e, "pausing partitions");
     }
 }
 
 fn resume(consumer: &Kafka) {
-    match consumer.assignment() {
-        Ok(assignment) => {
-            if let Err(e) = consumer.resume(&assignment) {
-                tracing::warn!(error = %e, "resuming partitions");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "reading the assignment"),
+    if let Err(e) = consumer
+        .assignment()
+        .and_then(|assignment| consumer.resume(&assignment))
+    {
+        tracing::warn!(error = %e, "resuming partitions");
     }
 }
 

@@ -40,28 +40,28 @@ struct Settlement {
 impl Settlement {
     fn decode(index: usize, message: &Record) -> Result<Self, DecodeError> {
         let bytes = message.payload.as_deref();
+        let settlement = |event_id, order_id, amount, currency, paid| Self {
+            index,
+            event_id,
+            order_id,
+            amount,
+            currency,
+            paid,
+        };
         match EventType::of(bytes, "payment.completed or payment.failed")? {
             EventType::PaymentCompleted => {
                 let e = Envelope::<PaymentCompleted>::decode(bytes)?;
-                Ok(Self {
-                    index,
-                    event_id: e.event_id,
-                    order_id: e.payload.order_id,
-                    amount: e.payload.amount,
-                    currency: e.payload.currency,
-                    paid: true,
-                })
+                let p = e.payload;
+                Ok(settlement(
+                    e.event_id, p.order_id, p.amount, p.currency, true,
+                ))
             }
             EventType::PaymentFailed => {
                 let e = Envelope::<PaymentFailed>::decode(bytes)?;
-                Ok(Self {
-                    index,
-                    event_id: e.event_id,
-                    order_id: e.payload.order_id,
-                    amount: e.payload.amount,
-                    currency: e.payload.currency,
-                    paid: false,
-                })
+                let p = e.payload;
+                Ok(settlement(
+                    e.event_id, p.order_id, p.amount, p.currency, false,
+                ))
             }
             other => Err(DecodeError::WrongType {
                 expected: "payment.completed or payment.failed",

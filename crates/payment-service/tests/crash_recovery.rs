@@ -30,6 +30,45 @@ fn order_created(count: usize) -> Vec<Record> {
         .collect()
 }
 
+/// `count` order.created events waiting on a topic of their own, and a fresh database.
+struct Waiting {
+    broker: &'static kafka::KafkaBroker,
+    prefix: String,
+    topics: Topics,
+    records: Vec<Record>,
+    db: TestDatabase,
+}
+
+async fn orders_waiting(name: &str, count: usize) -> Waiting {
+    let broker = kafka::broker().await.expect("kafka");
+    let prefix = format!("{}.", unique_name(name));
+    let topics = Topics::with_prefix(&prefix);
+    broker
+        .client()
+        .create_topic(&topics.order_created, 6, 1)
+        .await
+        .expect("topic");
+    let records = order_created(count);
+    broker
+        .client()
+        .produce_all(&topics.order_created, &records)
+        .await
+        .expect("produce");
+    let db = postgres::server()
+        .await
+        .expect("postgres")
+        .fresh_database()
+        .await
+        .expect("db");
+    Waiting {
+        broker,
+        prefix,
+        topics,
+        records,
+        db,
+    }
+}
+
 fn spawn_service(
     db: &TestDatabase,
     bootstrap: &str,
@@ -74,26 +113,14 @@ async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() ->
 #[tokio::test]
 async fn killed_between_database_commit_and_offset_commit_it_pays_each_order_once() {
     tokio::time::timeout(Duration::from_secs(300), async {
-        let broker = kafka::broker().await.expect("kafka");
+        let Waiting {
+            broker,
+            prefix,
+            topics,
+            db,
+            ..
+        } = orders_waiting("crash", ORDERS).await;
         let client = broker.client();
-        let prefix = format!("{}.", unique_name("crash"));
-        let topics = Topics::with_prefix(&prefix);
-        client
-            .create_topic(&topics.order_created, 6, 1)
-            .await
-            .expect("topic");
-        let records = order_created(ORDERS);
-        client
-            .produce_all(&topics.order_created, &records)
-            .await
-            .expect("produce");
-        let db = postgres::server()
-            .await
-            .expect("postgres")
-            .fresh_database()
-            .await
-            .expect("db");
-
         let group = format!("{prefix}payment-service");
         let mut first = spawn_service(&db, broker.bootstrap(), &prefix, 60_000, None);
         eventually(
@@ -154,25 +181,13 @@ async fn killed_after_the_gateway_charged_and_before_the_database_commit_it_char
 
     const CHARGED: usize = 20;
     tokio::time::timeout(Duration::from_secs(300), async {
-        let broker = kafka::broker().await.expect("kafka");
-        let client = broker.client();
-        let prefix = format!("{}.", unique_name("crash-gateway"));
-        let topics = Topics::with_prefix(&prefix);
-        client
-            .create_topic(&topics.order_created, 6, 1)
-            .await
-            .expect("topic");
-        let records = order_created(CHARGED);
-        client
-            .produce_all(&topics.order_created, &records)
-            .await
-            .expect("produce");
-        let db = postgres::server()
-            .await
-            .expect("postgres")
-            .fresh_database()
-            .await
-            .expect("db");
+        let Waiting {
+            broker,
+            prefix,
+            records,
+            db,
+            ..
+        } = orders_waiting("crash-gateway", CHARGED).await;
         // The gateway takes the charge at once and answers 3 s later: the window in
         // which the process is killed.
         let gateway = MockServer::start().await;

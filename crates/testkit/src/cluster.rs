@@ -123,6 +123,34 @@ impl KafkaCluster {
         Ok(cluster)
     }
 
+    /// The node id of the active KRaft controller, asked of the quorum through a running
+    /// broker.
+    pub async fn active_controller(&self) -> Result<i32> {
+        let mut last = String::new();
+        for broker in &self.brokers {
+            if !broker.is_running().await.unwrap_or(false) {
+                continue;
+            }
+            let status = broker
+                .exec(
+                    "/opt/kafka/bin/kafka-metadata-quorum.sh --bootstrap-controller \
+                     localhost:9093 describe --status 2>&1",
+                )
+                .await?;
+            if let Some(id) = status
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("LeaderId:"))
+                .and_then(|id| id.trim().parse().ok())
+            {
+                return Ok(id);
+            }
+            last = status;
+        }
+        Err(Error::Unsupported(format!(
+            "no running broker named the active controller: {last}"
+        )))
+    }
+
     /// Helpers bound to all three brokers.
     pub fn client(&self) -> &Kafka {
         &self.kafka
@@ -172,6 +200,22 @@ impl ClusterBroker {
         self.container.id()
     }
 
+    /// Runs `script` with bash inside the broker's container and returns what it printed.
+    pub async fn exec(&self, script: &str) -> Result<String> {
+        let container = self.container.clone();
+        let script = script.to_owned();
+        on_testkit(async move {
+            let mut result = container
+                .exec(testcontainers::core::ExecCommand::new([
+                    "bash", "-c", &script,
+                ]))
+                .await?;
+            let out = result.stdout_to_vec().await?;
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        })
+        .await
+    }
+
     /// Sends SIGKILL: the broker dies at once, with no controlled shutdown.
     pub async fn kill(&self) -> Result<()> {
         engine::kill(self.container.id(), "SIGKILL").await
@@ -219,6 +263,26 @@ impl ClusterBroker {
     }
 
     /// Whether the broker's container is running (not killed, stopped or exited).
+    /// The broker's address on the cluster's network (for cutting it off with a
+    /// firewall rule, say).
+    pub async fn ip_address(&self) -> Result<String> {
+        let docker = engine::docker().await?;
+        let id = self.container.id().to_owned();
+        on_testkit(async move {
+            let inspected = docker.inspect_container(&id, None).await?;
+            inspected
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|networks| {
+                    networks
+                        .into_values()
+                        .find_map(|n| n.ip_address.filter(|ip| !ip.is_empty()))
+                })
+                .ok_or_else(|| Error::Unsupported(format!("container {id} has no address")))
+        })
+        .await
+    }
+
     pub async fn is_running(&self) -> Result<bool> {
         let container = self.container.clone();
         on_testkit(async move { Ok(container.is_running().await?) }).await

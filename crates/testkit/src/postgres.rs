@@ -80,6 +80,20 @@ impl PostgresServer {
         on_testkit(Self::start_container(0, true)).await
     }
 
+    /// A durable server (see [`Self::durable`]) on a fixed host port, so its address stays
+    /// the same across [`Self::kill`] and [`Self::start`]: for failure drills.
+    pub async fn durable_dedicated() -> Result<Self> {
+        let port = engine::free_port()?;
+        on_testkit(Self::start_container(port, true)).await
+    }
+
+    /// Sends SIGKILL to the server: it dies at once, as in a crash, and recovers from its
+    /// write-ahead log on [`Self::start`].
+    pub async fn kill(&self) -> Result<()> {
+        let container = self.container()?;
+        engine::kill(container.id(), "SIGKILL").await
+    }
+
     /// Stops the server (a fast shutdown: SIGTERM, then SIGKILL after 10 s). Clients see
     /// their connections refused until [`Self::start`].
     pub async fn stop(&self) -> Result<()> {
