@@ -537,29 +537,42 @@ impl Kafka {
         .map_err(|e| Error::Unsupported(format!("offsets task failed: {e}")))?
     }
 
-    /// A topic's configuration, as the brokers describe it.
+    /// A topic's configuration, as the brokers describe it. A topic created a moment ago
+    /// may not be known yet to the broker asked: an empty or failed answer is asked
+    /// again, for up to 30 s.
     pub async fn topic_config(
         &self,
         topic: &str,
     ) -> Result<std::collections::BTreeMap<String, String>> {
         let admin: AdminClient<DefaultClientContext> = self.config().create()?;
         let options = AdminOptions::new().request_timeout(Some(CALL_TIMEOUT));
-        let described = admin
-            .describe_configs([&rdkafka::admin::ResourceSpecifier::Topic(topic)], &options)
-            .await?;
-        let config = described
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::Unsupported(format!("no configuration of {topic}")))?
-            .map_err(|code| Error::KafkaAdmin {
-                what: format!("describing {topic}"),
-                code,
-            })?;
-        Ok(config
-            .entries
-            .into_iter()
-            .filter_map(|e| e.value.map(|v| (e.name, v)))
-            .collect())
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        loop {
+            let described = admin
+                .describe_configs([&rdkafka::admin::ResourceSpecifier::Topic(topic)], &options)
+                .await;
+            let last = match described.map(|d| d.into_iter().next()) {
+                Ok(Some(Ok(config))) if !config.entries.is_empty() => {
+                    return Ok(config
+                        .entries
+                        .into_iter()
+                        .filter_map(|e| e.value.map(|v| (e.name, v)))
+                        .collect())
+                }
+                Ok(Some(Ok(_))) => "an empty configuration".to_owned(),
+                Ok(Some(Err(code))) => code.to_string(),
+                Ok(None) => "no answer".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(Error::NotReady {
+                    what: format!("the configuration of {topic}"),
+                    waited: CALL_TIMEOUT,
+                    last,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// The sum over `topic`'s partitions of the offsets `group` has committed (a partition
