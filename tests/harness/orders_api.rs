@@ -346,9 +346,31 @@ async fn the_openapi_spec_and_swagger_ui_are_served() {
             .expect("json");
         assert!(spec["paths"]["/orders"]["post"].is_object());
         assert!(spec["paths"]["/orders/{id}"]["get"].is_object());
-        let ui = service.get("/swagger-ui/").await;
-        assert_eq!(ui.status(), 200);
-        assert!(ui.text().await.expect("html").contains("swagger"));
+        // The documents say what the service does: paging in the query, optional and
+        // bounded; errors as problem+json; the body's rules.
+        let list = &spec["paths"]["/orders"]["get"];
+        let limit = list["parameters"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "limit"))
+            .expect("a limit parameter");
+        assert_eq!(limit["in"], "query", "{limit}");
+        assert_ne!(limit["required"], true, "{limit}");
+        assert_eq!(limit["schema"]["minimum"], 1, "{limit}");
+        assert_eq!(limit["schema"]["maximum"], 200, "{limit}");
+        assert!(
+            list["responses"]["400"]["content"]["application/problem+json"].is_object(),
+            "{}",
+            list["responses"]["400"]
+        );
+        let body = &spec["components"]["schemas"]["CreateOrder"]["properties"];
+        assert_eq!(body["amount"]["maximum"], 1000000, "{body}");
+        let currencies = body["currency"]["enum"].as_array().expect("currency enum");
+        assert!(currencies.contains(&json!("EUR")) && !currencies.contains(&Value::Null));
+        for page in ["/swagger-ui/", "/swagger-ui/index.html"] {
+            let ui = service.get(page).await;
+            assert_eq!(ui.status(), 200, "{page}");
+            assert!(ui.text().await.expect("html").contains("swagger"), "{page}");
+        }
     })
     .await;
 }

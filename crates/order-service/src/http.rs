@@ -57,26 +57,38 @@ pub fn router(state: AppState) -> Router {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
-    /// Greater than 0, at most 1000000.00, at most two decimal places.
-    #[schema(value_type = f64, example = 222.22)]
+    /// Greater than 0, at most 1000000.00, at most two decimal places; a JSON number in
+    /// plain notation (`222.22`, not `2.2222e2`), or the same as a string.
+    #[schema(value_type = f64, exclusive_minimum = 0, maximum = 1000000, multiple_of = 0.01, example = 222.22)]
     pub amount: Amount,
-    /// ISO 4217 code; default USD.
+    /// ISO 4217 code, one of the accepted ones; USD when left out (not null).
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "USD")]
+    #[schema(schema_with = currency_schema)]
     pub currency: Currency,
+}
+
+/// The accepted currency codes, as the schema of `currency`.
+fn currency_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(events::money::CURRENCIES.iter().copied()))
+        .default(Some(serde_json::Value::from("USD")))
+        .examples(["USD"])
+        .build()
 }
 
 /// Create an order. It is stored as `PENDING` and published as `order.created`.
 #[utoipa::path(
     post, path = "/orders", request_body = CreateOrder,
-    params(("Idempotency-Key" = Option<String>, Header,
-        description = "Makes the call safe to retry: the same key and body return the original order")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+        pattern = "^[\\x21-\\x7E]([\\x20-\\x7E]*[\\x21-\\x7E])?$",
+        description = "Makes the call safe to retry: the same key and body return the original order. 1 to 255 visible ASCII characters")),
     responses(
         (status = 201, description = "Created (or, with a repeated Idempotency-Key, the original order)", body = Order),
-        (status = 400, description = "Malformed JSON or header", body = Problem),
-        (status = 413, description = "Body larger than 16 KiB", body = Problem),
-        (status = 415, description = "Not application/json", body = Problem),
-        (status = 422, description = "Invalid field, or an Idempotency-Key reused with another body", body = Problem),
+        (status = 400, description = "Malformed JSON or header", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field, or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn create_order(
@@ -127,9 +139,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Page size, 1 to 200; default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// The id of the last order of the previous page.
     pub before: Option<Uuid>,
@@ -137,7 +151,7 @@ pub struct ListParams {
 
 /// List orders, newest first.
 #[utoipa::path(get, path = "/orders", params(ListParams),
-    responses((status = 200, body = [Order]), (status = 400, body = Problem)))]
+    responses((status = 200, body = [Order]), (status = 400, body = Problem, content_type = "application/problem+json")))]
 async fn list_orders(
     State(state): State<AppState>,
     query: Result<Query<ListParams>, QueryRejection>,
@@ -156,7 +170,7 @@ async fn list_orders(
 
 /// One order.
 #[utoipa::path(get, path = "/orders/{id}", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Order), (status = 400, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = Order), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_order(
     State(state): State<AppState>,
     id: Result<Path<Uuid>, PathRejection>,

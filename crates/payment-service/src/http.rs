@@ -45,9 +45,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Page size, 1 to 200; default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// The id of the last payment of the previous page.
     pub before: Option<Uuid>,
@@ -55,7 +57,7 @@ pub struct ListParams {
 
 /// List payments, newest first.
 #[utoipa::path(get, path = "/payments", params(ListParams),
-    responses((status = 200, body = [Payment]), (status = 400, body = Problem)))]
+    responses((status = 200, body = [Payment]), (status = 400, body = Problem, content_type = "application/problem+json")))]
 async fn list_payments(
     State(state): State<AppState>,
     query: Result<Query<ListParams>, QueryRejection>,
@@ -74,7 +76,7 @@ async fn list_payments(
 
 /// The payment of one order.
 #[utoipa::path(get, path = "/payments/{order_id}", params(("order_id" = Uuid, Path)),
-    responses((status = 200, body = Payment), (status = 400, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = Payment), (status = 400, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_payment(
     State(state): State<AppState>,
     order_id: Result<Path<Uuid>, PathRejection>,
