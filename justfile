@@ -82,9 +82,10 @@ clean:
     {{engine_env}}; scripts/leftovers.sh --remove
 
 # Failure drills on the whole platform as OS processes (`just chaos --list`; `just chaos broker-kill --seed 7`)
+# Release builds; CHAOS_PROFILE=dev uses the debug build `just test` left behind (quicker to build).
 [group('test')]
 chaos *ARGS:
-    {{engine_env}}; rc=0; cargo build --release --quiet -p order-service -p payment-service -p chaos && target/release/chaos {{ARGS}} || rc=$?; scripts/leftovers.sh || rc=1; exit $rc
+    {{engine_env}}; profile="${CHAOS_PROFILE:-release}"; dir="$profile"; [ "$profile" = dev ] && dir=debug; rc=0; cargo build --profile "$profile" --quiet -p order-service -p payment-service -p chaos && "target/$dir/chaos" {{ARGS}} || rc=$?; scripts/leftovers.sh || rc=1; exit $rc
 
 # Run the criterion benchmarks (reports in target/criterion); `just bench payment_consumer` runs one
 [group('test')]
