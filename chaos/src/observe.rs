@@ -171,9 +171,10 @@ pub fn recovery(orders: &[OrderState], started_ms: i64, fault: Window) -> Option
     if last_ms == i64::MAX {
         return None; // some order never settled
     }
-    // Step through time in 100 ms; at each moment, is anything older than 2 s unsettled?
+    // Step through time in 100 ms from the heal; at each moment, is anything older than
+    // 2 s unsettled? Once past the last payment nothing is, so this ends.
     let mut at = heal_ms;
-    while at <= last_ms + 100 {
+    loop {
         let behind = orders
             .iter()
             .any(|o| o.created_ms < at - 2000 && o.paid_ms.is_none_or(|paid| paid > at));
@@ -184,7 +185,6 @@ pub fn recovery(orders: &[OrderState], started_ms: i64, fault: Window) -> Option
         }
         at += 100;
     }
-    None
 }
 
 #[cfg(test)]
@@ -228,5 +228,11 @@ mod tests {
         );
         let never = [order(5_000, None)];
         assert_eq!(recovery(&never, 0, fault), None);
+        // Healed after the last payment (a long fault): recovered at once.
+        let late = Window {
+            start_s: 5,
+            heal_s: 30,
+        };
+        assert_eq!(recovery(&orders, 0, late), Some(Duration::ZERO));
     }
 }
