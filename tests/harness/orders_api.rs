@@ -50,6 +50,8 @@ async fn amounts_are_kept_exactly() {
             ("0.1", "0.10"),
             ("999999.99", "999999.99"),
             ("1000000", "1000000.00"),
+            // Any notation JSON allows, at its exact value.
+            ("1.5e2", "150.00"),
         ] {
             let body = format!(r#"{{"amount": {sent}, "currency": "EUR"}}"#);
             let response = service.post_raw(body, "application/json", None).await;
@@ -65,7 +67,7 @@ async fn amounts_are_kept_exactly() {
                 .fetch_all(service.db.pool())
                 .await
                 .expect("amounts");
-        assert_eq!(stored, ["0.10", "999999.99", "1000000.00"]);
+        assert_eq!(stored, ["0.10", "150.00", "999999.99", "1000000.00"]);
     })
     .await;
 }
@@ -138,14 +140,42 @@ async fn bad_input_gets_a_readable_4xx_and_leaves_nothing_behind() {
                 r#"{"amount": "lots"}"#.into(),
                 json,
                 422,
-                "decimal number",
+                "JSON number",
+            ),
+            (
+                "amount as a string of digits",
+                r#"{"amount": "+5"}"#.into(),
+                json,
+                422,
+                "not a string",
             ),
             (
                 "amount as bool",
                 r#"{"amount": true}"#.into(),
                 json,
                 422,
-                "decimal number",
+                "JSON number",
+            ),
+            (
+                "amount given twice",
+                r#"{"amount": 1, "amount": 2}"#.into(),
+                json,
+                422,
+                "duplicate field `amount`",
+            ),
+            (
+                "currency given twice",
+                r#"{"amount": 1, "currency": "EUR", "currency": "USD"}"#.into(),
+                json,
+                422,
+                "duplicate field `currency`",
+            ),
+            (
+                "exponent too large",
+                r#"{"amount": 1e400}"#.into(),
+                json,
+                422,
+                "at most 1000000.00",
             ),
             (
                 "unknown currency",
@@ -159,7 +189,7 @@ async fn bad_input_gets_a_readable_4xx_and_leaves_nothing_behind() {
                 r#"[5, "USD"]"#.into(),
                 json,
                 422,
-                "must be a JSON object",
+                "expected a JSON object",
             ),
             (
                 "oversized body",

@@ -70,8 +70,10 @@ impl Failure {
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Applied (or already applied before: a duplicate).
+    /// Applied.
     Applied,
+    /// Applied before (a redelivery or a replay): recognised, and nothing done again.
+    Duplicate,
     /// Can never be processed (poison): dead-lettered at once.
     DeadLetter(Failure),
     /// Failed for a reason of its own that may pass (a gateway's 5xx): tried again, alone,

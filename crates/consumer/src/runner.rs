@@ -27,6 +27,9 @@ use crate::{
     RetryPolicy, Stats,
 };
 
+/// How often librdkafka reports its statistics (the lag metric's freshness).
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
 /// After this long on one batch, the runner pauses its partitions and polls while it
 /// works, so that the group keeps it as a member.
 const KEEP_MEMBERSHIP_AFTER: Duration = Duration::from_secs(1);
@@ -59,6 +62,8 @@ pub async fn run<H: BatchHandler>(
             first_offset = batch[0].offset,
             size = batch.len(),
         );
+        let started = Instant::now();
+        record_consumed(&config.group_id, &batch);
         let work = process(
             &batch,
             &handler,
@@ -70,6 +75,8 @@ pub async fn run<H: BatchHandler>(
         let step = keep_membership(&consumer, &mut carried, work)
             .instrument(span)
             .await;
+        metrics::histogram!("consumer_batch_duration_seconds", "group" => config.group_id.clone())
+            .record(started.elapsed().as_secs_f64());
         match step {
             Ok(true) => store_offsets(&consumer, &batch),
             // Stopped before the batch was settled: its offsets stay uncommitted.
@@ -83,10 +90,25 @@ pub async fn run<H: BatchHandler>(
     result.map(|()| stats)
 }
 
+/// Counts the messages of a gathered batch by topic, and its size.
+fn record_consumed(group: &str, batch: &[Record]) {
+    metrics::histogram!("consumer_batch_size", "group" => group.to_owned())
+        .record(batch.len() as f64);
+    let mut by_topic: HashMap<&str, u64> = HashMap::new();
+    for message in batch {
+        *by_topic.entry(&message.topic).or_default() += 1;
+    }
+    for (topic, count) in by_topic {
+        metrics::counter!("consumer_messages_total", "group" => group.to_owned(), "topic" => topic.to_owned())
+            .increment(count);
+    }
+}
+
 /// Counts the partitions the group takes away, for [`Stats::revocations`], and the errors
-/// librdkafka reports on its own (brokers unreachable), for [`Stats::consumer_errors`].
-#[derive(Default)]
+/// librdkafka reports on its own (brokers unreachable), for [`Stats::consumer_errors`];
+/// turns librdkafka's statistics into the lag of each partition it consumes.
 struct Membership {
+    group: String,
     revocations: AtomicU64,
     errors: AtomicU64,
 }
@@ -95,6 +117,26 @@ impl ClientContext for Membership {
     fn error(&self, error: KafkaError, reason: &str) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%error, reason, "kafka consumer");
+    }
+
+    /// Every `statistics.interval.ms`: librdkafka's own lag of each partition this
+    /// consumer fetches (high watermark − committed offset); `-1` (not known, or not
+    /// ours) is not reported.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, stats) in statistics.topics {
+            for (partition, p) in stats.partitions {
+                if partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!(
+                    "kafka_consumer_lag",
+                    "group" => self.group.clone(),
+                    "topic" => topic.clone(),
+                    "partition" => partition.to_string()
+                )
+                .set(p.consumer_lag as f64);
+            }
+        }
     }
 }
 
@@ -137,7 +179,13 @@ fn create_consumer(config: &ConsumerConfig) -> Result<ClosingConsumer, ConsumerE
             "max.poll.interval.ms",
             config.max_poll_interval.as_millis().to_string(),
         )
-        .create_with_context(Membership::default())?;
+        // For the lag metric.
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+        .create_with_context(Membership {
+            group: config.group_id.clone(),
+            revocations: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(ClosingConsumer(Some(consumer)))
@@ -255,7 +303,8 @@ async fn process<H: BatchHandler>(
     stats: &mut Stats,
 ) -> Result<bool, ConsumerError> {
     let retried_before = stats.retried.values().sum::<u64>();
-    let Some(dead) = apply(handler, batch, &config.retry, stop, stats).await else {
+    let group = config.group_id.as_str();
+    let Some(dead) = apply(group, handler, batch, &config.retry, stop, stats).await else {
         return Ok(false);
     };
     if let Err(tripped) = dead_letters.admit(batch.len(), &dead) {
@@ -269,6 +318,7 @@ async fn process<H: BatchHandler>(
             message: last.message,
         };
         tracing::error!(%error, "consumer stopped by the dead-letter guard");
+        metrics::counter!("consumer_halts_total", "group" => group.to_owned(), "reason" => "dead-letter-guard").increment(1);
         return Err(error);
     }
     if !dead.is_empty() {
@@ -277,6 +327,7 @@ async fn process<H: BatchHandler>(
             Ok(false) => return Ok(false),
             Err(error) => {
                 tracing::error!(%error, "consumer stopped: a dead letter cannot be written");
+                metrics::counter!("consumer_halts_total", "group" => group.to_owned(), "reason" => "dead-letter-refused").increment(1);
                 return Err(error);
             }
         }
@@ -286,6 +337,7 @@ async fn process<H: BatchHandler>(
                 .dead_lettered
                 .entry(letter.failure.class.clone())
                 .or_default() += 1;
+            metrics::counter!("consumer_dead_letters_total", "group" => group.to_owned(), "topic" => message.topic.clone(), "class" => letter.failure.class.clone()).increment(1);
             tracing::warn!(
                 topic = %message.topic, partition = message.partition, offset = message.offset,
                 class = %letter.failure.class, reason = %letter.failure.message,
@@ -317,6 +369,7 @@ async fn process<H: BatchHandler>(
 ///   charge failed, say) retries only the messages that asked for it, up to
 ///   `max_attempts`, then dead-letters them.
 async fn apply<H: BatchHandler>(
+    group: &str,
     handler: &H,
     batch: &[Record],
     retry: &RetryPolicy,
@@ -340,7 +393,14 @@ async fn apply<H: BatchHandler>(
         let mut again = Vec::new();
         for (&index, outcome) in pending.iter().zip(outcomes) {
             let (failure, retryable) = match outcome {
-                Outcome::Applied => continue,
+                Outcome::Applied => {
+                    settled(group, &batch[index], "consumer_applied_total");
+                    continue;
+                }
+                Outcome::Duplicate => {
+                    settled(group, &batch[index], "consumer_duplicates_total");
+                    continue;
+                }
                 Outcome::DeadLetter(failure) => (failure, false),
                 Outcome::Retry(failure) => (failure, true),
             };
@@ -348,6 +408,7 @@ async fn apply<H: BatchHandler>(
             if retryable && attempt < retry.max_attempts {
                 *stats.retried.entry(failure.class.clone()).or_default() += 1;
                 let message = &batch[index];
+                metrics::counter!("consumer_retries_total", "group" => group.to_owned(), "topic" => message.topic.clone(), "class" => failure.class.clone()).increment(1);
                 tracing::warn!(
                     topic = %message.topic, partition = message.partition, offset = message.offset,
                     class = %failure.class, reason = %failure.message, attempt,
@@ -374,6 +435,12 @@ async fn apply<H: BatchHandler>(
         pending = again;
         attempt += 1;
     }
+}
+
+/// Counts one settled message under `counter`, by group and topic.
+fn settled(group: &str, message: &Record, counter: &'static str) {
+    metrics::counter!(counter, "group" => group.to_owned(), "topic" => message.topic.clone())
+        .increment(1);
 }
 
 /// One attempt at every message of `messages`. A batch the handler refuses as a whole is
@@ -459,6 +526,7 @@ async fn attempt_through_outages<H: BatchHandler>(
             Err(BatchError::Outage(reason)) => reason,
         };
         stats.outage_retries += 1;
+        metrics::counter!("consumer_outage_retries_total").increment(1);
         tracing::warn!(error = %reason, "batch failed: outage; retrying");
         if !pauses.pause(stop).await {
             return None;

@@ -27,6 +27,12 @@ pub enum AmountError {
     TooPrecise,
     #[error("amount must be a decimal number such as 222.22")]
     NotANumber,
+    #[error("amount must be a JSON number such as 222.22 (not a string)")]
+    NotAJsonNumber,
+    #[error(
+        "amount must be greater than zero and at most 1000000.00, with at most two decimal places"
+    )]
+    OutOfRange,
 }
 
 impl Amount {
@@ -76,15 +82,25 @@ impl fmt::Display for Amount {
 }
 
 impl<'de> Deserialize<'de> for Amount {
+    /// A JSON number, in any notation JSON allows (`222.22`, `5`, `2.2222e2`), taken at
+    /// its exact decimal value; a string, even of digits, is refused, so the schema can
+    /// say `type: number` and mean it.
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         // With serde_json's arbitrary_precision, a JSON number arrives as its exact text.
         let value = serde_json::Value::deserialize(deserializer)?;
-        let text = match &value {
-            serde_json::Value::Number(n) => n.to_string(),
-            serde_json::Value::String(s) => s.clone(),
-            _ => return Err(serde::de::Error::custom(AmountError::NotANumber)),
+        let serde_json::Value::Number(number) = &value else {
+            return Err(serde::de::Error::custom(AmountError::NotAJsonNumber));
         };
-        text.parse().map_err(serde::de::Error::custom)
+        let text = number.to_string();
+        let exact = if text.contains(['e', 'E']) {
+            // Decimal's own parser refuses an exponent; an exponent too large to be
+            // money is refused here as well.
+            Decimal::from_scientific(&text).ok()
+        } else {
+            Decimal::from_str_exact(&text).ok()
+        };
+        let value = exact.ok_or_else(|| serde::de::Error::custom(AmountError::OutOfRange))?;
+        Amount::new(value).map_err(serde::de::Error::custom)
     }
 }
 
@@ -160,7 +176,9 @@ mod tests {
     #[test]
     fn valid_amounts_keep_their_exact_value_with_two_places() {
         assert_eq!(amount("222.22").unwrap().to_string(), "222.22");
-        assert_eq!(amount("\"222.22\"").unwrap().to_string(), "222.22");
+        assert_eq!(amount("2.2222e2").unwrap().to_string(), "222.22");
+        assert_eq!(amount("1.5E2").unwrap().to_string(), "150.00");
+        assert_eq!(amount("1e-2").unwrap().to_string(), "0.01");
         assert_eq!(amount("5").unwrap().to_string(), "5.00");
         assert_eq!(amount("0.01").unwrap().to_string(), "0.01");
         assert_eq!(amount("1000000.00").unwrap().to_string(), "1000000.00");
@@ -175,10 +193,13 @@ mod tests {
             .unwrap_err()
             .contains("at most 1000000.00"));
         assert!(amount("1.001").unwrap_err().contains("two decimal places"));
-        assert!(amount("1e3").unwrap_err().contains("decimal number"));
-        assert!(amount("true").unwrap_err().contains("decimal number"));
-        assert!(amount("\"abc\"").unwrap_err().contains("decimal number"));
-        assert!(amount("1e400").is_err());
+        assert!(amount("1e-3").unwrap_err().contains("two decimal places"));
+        assert!(amount("1e7").unwrap_err().contains("at most 1000000.00"));
+        assert!(amount("true").unwrap_err().contains("JSON number"));
+        assert!(amount("\"abc\"").unwrap_err().contains("JSON number"));
+        assert!(amount("\"222.22\"").unwrap_err().contains("not a string"));
+        assert!(amount("\"+5\"").unwrap_err().contains("not a string"));
+        assert!(amount("1e400").unwrap_err().contains("at most 1000000.00"));
     }
 
     #[test]

@@ -36,5 +36,6 @@ pub async fn build(config: Config) -> anyhow::Result<Application<OnPaymentOutcom
         },
         resources,
         shutdown_timeout: config.shutdown_timeout(),
+        http: config.http.clone(),
     })
 }

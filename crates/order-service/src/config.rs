@@ -36,6 +36,12 @@ pub struct Config {
     #[command(flatten)]
     pub retention: outbox::RetentionSettings,
 
+    #[command(flatten)]
+    pub http: service_kit::HttpSettings,
+
+    #[command(flatten)]
+    pub log: service_kit::LogSettings,
+
     /// Consumer group of the payment.completed and payment.failed consumer.
     #[arg(long, env = "ORDER_CONSUMER_GROUP", default_value = "order-service")]
     pub consumer_group: String,

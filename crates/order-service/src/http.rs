@@ -6,9 +6,11 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
-use events::{Amount, Currency};
+use events::{Amount, Currency, TraceContext};
 use serde::Deserialize;
+use service_kit::problem::CommonResponses;
 use service_kit::Problem;
 use sqlx::PgPool;
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -39,6 +41,7 @@ pub struct AppState {
         description = "Accepts orders; each one is published as order.created."
     ),
     paths(create_order, list_orders, get_order),
+    modifiers(&CommonResponses),
     components(schemas(CreateOrder, Order, OrderStatus, Problem))
 )]
 pub struct ApiDoc;
@@ -57,8 +60,8 @@ pub fn router(state: AppState) -> Router {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
-    /// Greater than 0, at most 1000000.00, at most two decimal places; a JSON number in
-    /// plain notation (`222.22`, not `2.2222e2`), or the same as a string.
+    /// Greater than 0, at most 1000000.00, at most two decimal places; a JSON number, in
+    /// any notation JSON allows (`222.22`, `2.2222e2`), never a string.
     #[schema(value_type = f64, exclusive_minimum = 0, maximum = 1000000, multiple_of = 0.01, example = 222.22)]
     pub amount: Amount,
     /// ISO 4217 code, one of the accepted ones; USD when left out (not null).
@@ -93,26 +96,30 @@ fn currency_schema() -> utoipa::openapi::schema::Object {
 )]
 async fn create_order(
     State(state): State<AppState>,
+    trace: Option<Extension<TraceContext>>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<serde_json::Value>,
+    ApiJson(JsonObject(body)): ApiJson<JsonObject<CreateOrder>>,
 ) -> Result<Response, ApiError> {
-    // Only an object: serde would also read a struct from an array such as [5, "USD"].
-    if !body.is_object() {
-        return Err(ApiError::Invalid("the body must be a JSON object".into()));
-    }
-    let body: CreateOrder =
-        serde_json::from_value(body).map_err(|e| ApiError::Invalid(e.to_string()))?;
     let key = idempotency_key(&headers)?;
     let new = NewOrder {
         amount: body.amount,
         currency: body.currency,
     };
-    let (order, replayed) =
-        match store::create_order(&state.pool, &state.topics, &new, key.as_deref()).await? {
-            Created::New(order) => (order, false),
-            Created::Replayed(order) => (order, true),
-        };
-    tracing::info!(order_id = %order.id, replayed, "order accepted");
+    let trace = trace.map(|Extension(trace)| trace);
+    let created = store::create_order(
+        &state.pool,
+        &state.topics,
+        &new,
+        key.as_deref(),
+        trace.as_ref(),
+    )
+    .await?;
+    let (order, replayed) = match created {
+        Created::New(order) => (order, false),
+        Created::Replayed(order) => (order, true),
+    };
+    // The order id is the correlation id of every event about the order.
+    tracing::info!(order_id = %order.id, correlation_id = %order.id, replayed, "order accepted");
     let mut response = (StatusCode::CREATED, Json(order)).into_response();
     if replayed {
         response
@@ -180,6 +187,30 @@ async fn get_order(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))
+}
+
+/// A struct read only from a JSON object, each field at most once: serde alone would also
+/// read it from an array such as `[5, "USD"]`, and reading through a `Value` first would
+/// keep the last of `{"amount": 1, "amount": 2}` silently.
+pub struct JsonObject<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for JsonObject<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                // The derived visitor refuses a field given twice ("duplicate field").
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(Object(std::marker::PhantomData))
+            .map(JsonObject)
+    }
 }
 
 /// JSON in, with every rejection turned into our problem response.

@@ -3,8 +3,8 @@ use order_service::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    service_kit::init_tracing();
     let config = Config::parse();
+    service_kit::init_tracing(&config.log);
     let app = order_service::build(config).await?;
     tracing::info!(port = app.port(), "order-service listening");
     app.run_until_stopped(service_kit::shutdown_signal())

@@ -11,10 +11,13 @@
 //! per outcome moves the orders. Only a `PENDING` order moves, so an order's outcome is
 //! set once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use consumer::{BatchError, BatchHandler, Failure, Outcome, Record};
-use events::{Amount, Currency, DecodeError, Envelope, EventType, PaymentCompleted, PaymentFailed};
+use events::{
+    Amount, Currency, DecodeError, Envelope, EventType, PaymentCompleted, PaymentFailed,
+    TraceContext,
+};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -35,32 +38,54 @@ struct Settlement {
     amount: Amount,
     currency: Currency,
     paid: bool,
+    correlation_id: Uuid,
+    trace: Option<TraceContext>,
 }
 
 impl Settlement {
     fn decode(index: usize, message: &Record) -> Result<Self, DecodeError> {
         let bytes = message.payload.as_deref();
-        let settlement = |event_id, order_id, amount, currency, paid| Self {
+        let trace = TraceContext::from_headers(
+            message
+                .last_header_text(events::trace::TRACEPARENT)
+                .as_deref(),
+            message
+                .last_header_text(events::trace::REQUEST_ID)
+                .as_deref(),
+        );
+        let settlement = |event_id, correlation_id, order_id, amount, currency, paid| Self {
             index,
             event_id,
             order_id,
             amount,
             currency,
             paid,
+            correlation_id,
+            trace,
         };
         match EventType::of(bytes, "payment.completed or payment.failed")? {
             EventType::PaymentCompleted => {
                 let e = Envelope::<PaymentCompleted>::decode(bytes)?;
                 let p = e.payload;
                 Ok(settlement(
-                    e.event_id, p.order_id, p.amount, p.currency, true,
+                    e.event_id,
+                    e.correlation_id,
+                    p.order_id,
+                    p.amount,
+                    p.currency,
+                    true,
                 ))
             }
             EventType::PaymentFailed => {
                 let e = Envelope::<PaymentFailed>::decode(bytes)?;
                 let p = e.payload;
                 Ok(settlement(
-                    e.event_id, p.order_id, p.amount, p.currency, false,
+                    e.event_id,
+                    e.correlation_id,
+                    p.order_id,
+                    p.amount,
+                    p.currency,
+                    false,
                 ))
             }
             other => Err(DecodeError::WrongType {
@@ -84,20 +109,47 @@ impl BatchHandler for OnPaymentOutcome {
             }
         }
         if !settlements.is_empty() {
-            let untrusted = settle(&self.pool, &settlements)
+            let settled = settle(&self.pool, &settlements)
                 .await
                 .map_err(|e| service_kit::database::batch_error("order database", e))?;
-            for (index, failure) in untrusted {
+            for (index, failure) in settled.untrusted {
                 outcomes[index] = Outcome::DeadLetter(failure);
+            }
+            for settlement in &settlements {
+                if outcomes[settlement.index] != Outcome::Applied {
+                    continue;
+                }
+                let duplicate = !settled.fresh.contains(&settlement.event_id);
+                if duplicate {
+                    outcomes[settlement.index] = Outcome::Duplicate;
+                }
+                let message = &batch[settlement.index];
+                let trace = settlement.trace.as_ref();
+                tracing::debug!(
+                    topic = %message.topic, partition = message.partition, offset = message.offset,
+                    event_id = %settlement.event_id, order_id = %settlement.order_id,
+                    correlation_id = %settlement.correlation_id,
+                    trace_id = trace.map_or("-", |t| t.trace_id.as_str()),
+                    request_id = trace.map_or("-", |t| t.request_id.as_str()),
+                    paid = settlement.paid, duplicate,
+                    "payment outcome settled"
+                );
             }
         }
         Ok(outcomes)
     }
 }
 
-/// Applies the settlements that agree with their orders, in one transaction, and returns
-/// the places and reasons of those that do not.
-async fn settle(pool: &PgPool, settlements: &[Settlement]) -> sqlx::Result<Vec<(usize, Failure)>> {
+/// What [`settle`] found.
+struct Settled {
+    /// The places and reasons of the events that disagree with their orders.
+    untrusted: Vec<(usize, Failure)>,
+    /// The events applied for the first time; the other trusted ones were duplicates.
+    fresh: HashSet<Uuid>,
+}
+
+/// Applies the settlements that agree with their orders, in one transaction.
+async fn settle(pool: &PgPool, settlements: &[Settlement]) -> sqlx::Result<Settled> {
     let mut tx = pool.begin().await?;
     let order_ids: Vec<Uuid> = settlements.iter().map(|s| s.order_id).collect();
     let orders: HashMap<Uuid, (Decimal, String)> = sqlx::query_as::<_, (Uuid, Decimal, String)>(
@@ -172,5 +224,5 @@ async fn settle(pool: &PgPool, settlements: &[Settlement]) -> sqlx::Result<Vec<(
         failed,
         "payments applied"
     );
-    Ok(untrusted)
+    Ok(Settled { untrusted, fresh })
 }

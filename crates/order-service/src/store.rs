@@ -1,7 +1,7 @@
 //! PostgreSQL access. SQL only through bound parameters.
 
 use chrono::{DateTime, Utc};
-use events::{OrderCreated, Topics};
+use events::{OrderCreated, Topics, TraceContext};
 use outbox::OutboxRow;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
@@ -28,7 +28,8 @@ pub enum Created {
     Replayed(Order),
 }
 
-/// Stores a new `PENDING` order and its `order.created` event in one transaction.
+/// Stores a new `PENDING` order and its `order.created` event in one transaction; the
+/// event carries `trace` in its headers.
 ///
 /// With an idempotency key, a repeat of the same request returns the original order and
 /// writes nothing; the same key with a different request is [`StoreError::KeyReused`].
@@ -37,6 +38,7 @@ pub async fn create_order(
     topics: &Topics,
     new: &NewOrder,
     idempotency_key: Option<&str>,
+    trace: Option<&TraceContext>,
 ) -> Result<Created, StoreError> {
     let mut tx = pool.begin().await?;
     let id = Uuid::now_v7();
@@ -87,7 +89,9 @@ pub async fn create_order(
     let order = Order::try_from(row)?;
 
     let event = OrderCreated::event(order.id, order.amount, order.currency);
-    let row = OutboxRow::event(topics, &event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let row = OutboxRow::event(topics, &event)
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?
+        .traced(trace);
     outbox::enqueue(&mut tx, &[row]).await?;
     tx.commit().await?;
     Ok(Created::New(order))

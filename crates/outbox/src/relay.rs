@@ -212,6 +212,7 @@ impl Relay {
 
         // Queue every record first, in id order, then wait for all acknowledgements: one
         // round of waiting per batch, not per event.
+        let sending = std::time::Instant::now();
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in &rows {
             let record = Record {
@@ -243,10 +244,17 @@ impl Relay {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(()) => published.push(row.id),
+                Ok(()) => {
+                    metrics::counter!("outbox_published_total", "topic" => row.topic.clone())
+                        .increment(1);
+                    published.push(row.id);
+                }
                 Err(e) => failed.push((row, e)),
             }
         }
+        // From the first send to the last acknowledgement.
+        metrics::histogram!("outbox_publish_duration_seconds")
+            .record(sending.elapsed().as_secs_f64());
 
         sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
             .bind(&published)
@@ -279,6 +287,7 @@ impl Relay {
             .await?;
             if park {
                 outcome.parked += 1;
+                metrics::counter!("outbox_parked_total", "topic" => row.topic.clone()).increment(1);
                 tracing::error!(
                     id = row.id, topic = %row.topic, key = %row.message_key, %error,
                     attempts = row.attempts + 1,

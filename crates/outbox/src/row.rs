@@ -31,6 +31,17 @@ impl OutboxRow {
             headers: headers.into(),
         })
     }
+
+    /// Adds the trace context's headers (`traceparent`, `x-request-id`), so the next
+    /// service continues the same trace.
+    pub fn traced(mut self, trace: Option<&events::TraceContext>) -> Self {
+        if let (Some(trace), Some(headers)) = (trace, self.headers.as_object_mut()) {
+            for (name, value) in trace.headers() {
+                headers.insert(name.to_owned(), value.into());
+            }
+        }
+        self
+    }
 }
 
 /// Queues `rows` for publication inside the caller's transaction, in one statement.

@@ -41,6 +41,7 @@ pub async fn build(config: Config) -> anyhow::Result<Application<OnOrderCreated>
         ),
         resources,
         shutdown_timeout: config.shutdown_timeout(),
+        http: config.http.clone(),
     })
 }
 

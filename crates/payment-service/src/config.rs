@@ -36,6 +36,12 @@ pub struct Config {
     #[command(flatten)]
     pub retention: outbox::RetentionSettings,
 
+    #[command(flatten)]
+    pub http: service_kit::HttpSettings,
+
+    #[command(flatten)]
+    pub log: service_kit::LogSettings,
+
     /// Consumer group of the order.created consumer.
     #[arg(
         long,

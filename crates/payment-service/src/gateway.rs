@@ -119,11 +119,25 @@ pub enum Gateway {
 }
 
 impl Gateway {
+    /// Counted in `payment_gateway_calls_total{gateway,outcome}` (`approved`, `declined`,
+    /// `unavailable`, `refused`) and timed in `payment_gateway_call_duration_seconds`.
     pub async fn charge(&self, request: &ChargeRequest) -> Result<Charge, GatewayError> {
-        match self {
-            Gateway::Http(gateway) => gateway.charge(request).await,
-            Gateway::Simulated(gateway) => Ok(gateway.charge(request)),
-        }
+        let started = std::time::Instant::now();
+        let (kind, result) = match self {
+            Gateway::Http(gateway) => ("http", gateway.charge(request).await),
+            Gateway::Simulated(gateway) => ("simulated", Ok(gateway.charge(request))),
+        };
+        let outcome = match &result {
+            Ok(Charge::Approved { .. }) => "approved",
+            Ok(Charge::Declined { .. }) => "declined",
+            Err(GatewayError::Unavailable(_)) => "unavailable",
+            Err(GatewayError::Refused(_)) => "refused",
+        };
+        metrics::counter!("payment_gateway_calls_total", "gateway" => kind, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("payment_gateway_call_duration_seconds", "gateway" => kind)
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Whether each charge is a network call (and so worth doing concurrently).

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
+use service_kit::problem::CommonResponses;
 use service_kit::Problem;
 use sqlx::PgPool;
 use utoipa::{IntoParams, OpenApi};
@@ -31,6 +32,7 @@ pub struct AppState {
         description = "One payment per order, charged through the payment gateway; published as payment.completed or, when declined, payment.failed."
     ),
     paths(list_payments, get_payment),
+    modifiers(&CommonResponses),
     components(schemas(Payment, PaymentStatus, Problem))
 )]
 pub struct ApiDoc;

@@ -3,8 +3,8 @@ use payment_service::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    service_kit::init_tracing();
     let config = Config::parse();
+    service_kit::init_tracing(&config.log);
     let app = payment_service::build(config).await?;
     tracing::info!(port = app.port(), "payment-service listening");
     app.run_until_stopped(service_kit::shutdown_signal())

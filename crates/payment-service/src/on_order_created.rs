@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use consumer::{BatchError, BatchHandler, Failure, Outcome, Record};
-use events::{Envelope, OrderCreated, Topics};
+use events::{Envelope, OrderCreated, Topics, TraceContext};
 use futures::StreamExt;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -64,9 +64,15 @@ impl BatchHandler for OnOrderCreated {
     async fn handle(&self, batch: &[Record]) -> Result<Vec<Outcome>, BatchError> {
         let mut outcomes = vec![Outcome::Applied; batch.len()];
         let mut orders: Vec<(usize, Envelope<OrderCreated>)> = Vec::new();
+        let mut traces: HashMap<usize, TraceContext> = HashMap::new();
         for (index, message) in batch.iter().enumerate() {
             match Envelope::<OrderCreated>::decode(message.payload.as_deref()) {
-                Ok(event) => orders.push((index, event)),
+                Ok(event) => {
+                    if let Some(trace) = trace_of(message) {
+                        traces.insert(index, trace);
+                    }
+                    orders.push((index, event));
+                }
                 Err(e) => {
                     outcomes[index] = Outcome::DeadLetter(Failure::new(e.class(), e.to_string()));
                 }
@@ -101,6 +107,7 @@ impl BatchHandler for OnOrderCreated {
                     charged.push(NewPayment {
                         event,
                         charge: charge.clone(),
+                        trace: traces.get(index),
                     });
                 }
                 Some(Err(e)) => outcomes[*index] = e.outcome(),
@@ -112,14 +119,54 @@ impl BatchHandler for OnOrderCreated {
             .map_err(database)?;
         tx.commit().await.map_err(database)?;
         self.forget(orders.iter().map(|(_, e)| e.payload.order_id));
+        for (index, event) in &orders {
+            if !matches!(outcomes[*index], Outcome::Applied) {
+                continue;
+            }
+            let duplicate = !stored.fresh.contains(&event.event_id);
+            if duplicate {
+                outcomes[*index] = Outcome::Duplicate;
+            }
+            log_settled(&batch[*index], event, traces.get(index), duplicate);
+        }
         tracing::debug!(
             events = applied.len(),
             charged = charged.len(),
-            stored = stored.len(),
+            stored = stored.payments.len(),
             "orders charged"
         );
         Ok(outcomes)
     }
+}
+
+/// The trace an `order.created` record carries, continued as this service's hop.
+fn trace_of(message: &Record) -> Option<TraceContext> {
+    TraceContext::from_headers(
+        message
+            .last_header_text(events::trace::TRACEPARENT)
+            .as_deref(),
+        message
+            .last_header_text(events::trace::REQUEST_ID)
+            .as_deref(),
+    )
+}
+
+/// One line per order settled, with everything needed to follow it.
+fn log_settled(
+    message: &Record,
+    event: &Envelope<OrderCreated>,
+    trace: Option<&TraceContext>,
+    duplicate: bool,
+) {
+    tracing::debug!(
+        topic = %message.topic, partition = message.partition, offset = message.offset,
+        event_id = %event.event_id, order_id = %event.payload.order_id,
+        correlation_id = %event.correlation_id,
+        trace_id = trace.map_or("-", |t| t.trace_id.as_str()),
+        request_id = trace.map_or("-", |t| t.request_id.as_str()),
+        duplicate,
+        "order.created settled"
+    );
 }
 
 impl OnOrderCreated {

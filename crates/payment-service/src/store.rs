@@ -10,10 +10,12 @@
 //! decision but a saving: it lets the consumer skip asking a remote gateway again about
 //! orders already paid.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use events::{Amount, Currency, Envelope, OrderCreated, PaymentCompleted, PaymentFailed, Topics};
+use events::{
+    Amount, Currency, Envelope, OrderCreated, PaymentCompleted, PaymentFailed, Topics, TraceContext,
+};
 use outbox::OutboxRow;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -59,6 +61,17 @@ pub struct NewPayment<'a> {
     /// The event that asked for it.
     pub event: &'a Envelope<OrderCreated>,
     pub charge: Charge,
+    /// The trace the order came with, continued by its payment event.
+    pub trace: Option<&'a TraceContext>,
+}
+
+/// What [`store_new`] wrote.
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// The payments inserted.
+    pub payments: Vec<Payment>,
+    /// The events settled for the first time; the others of `applied` were duplicates.
+    pub fresh: HashSet<Uuid>,
 }
 
 /// A stored payment.
@@ -126,14 +139,13 @@ impl Payment {
 
 /// Stores what is new of `charged` (see the module's documentation) and queues the
 /// events of the payments inserted, all in the caller's transaction. `applied` are the
-/// ids of every event settled in this batch, charged now or paid before. Returns the
-/// payments inserted.
+/// ids of every event settled in this batch, charged now or paid before.
 pub async fn store_new(
     tx: &mut PgConnection,
     topics: &Topics,
     applied: &[Uuid],
     charged: &[NewPayment<'_>],
-) -> sqlx::Result<Vec<Payment>> {
+) -> sqlx::Result<Stored> {
     let fresh = outbox::inbox::record_new(tx, CONSUMER, applied).await?;
     let new: Vec<&NewPayment> = charged
         .iter()
@@ -169,24 +181,25 @@ pub async fn store_new(
         .map(Payment::try_from)
         .collect::<Result<Vec<_>, _>>()?;
 
-    let correlations: HashMap<Uuid, Uuid> = new
+    let origins: HashMap<Uuid, (Uuid, Option<&TraceContext>)> = new
         .iter()
-        .map(|p| (p.event.payload.order_id, p.event.correlation_id))
+        .map(|p| (p.event.payload.order_id, (p.event.correlation_id, p.trace)))
         .collect();
     let mut outgoing = Vec::with_capacity(payments.len());
     for payment in &payments {
-        let correlation = correlations
+        let (correlation, trace) = origins
             .get(&payment.order_id)
             .copied()
-            .unwrap_or(payment.order_id);
+            .unwrap_or((payment.order_id, None));
         let row = payment
             .event(correlation)
             .outbox_row(topics)
-            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?
+            .traced(trace);
         outgoing.push(row);
     }
     outbox::enqueue(tx, &outgoing).await?;
-    Ok(payments)
+    Ok(Stored { payments, fresh })
 }
 
 /// Of `order_ids`, those that already have a payment.

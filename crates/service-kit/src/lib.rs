@@ -2,18 +2,25 @@
 //! - [`database`]: what a database error means for a consumer's batch (outage or
 //!   refusal);
 //! - [`health`]: `GET /health/live` and `GET /health/ready`;
+//! - [`http`]: serving HTTP with bounds on slow and idle clients, each request's trace
+//!   context, span and metrics;
+//! - [`metrics`]: `GET /metrics` (Prometheus), and the one recorder of the process;
 //! - [`problem`]: RFC 9457 problem responses, so every error has one shape;
 //! - [`lifecycle`]: connecting to PostgreSQL (running the shared and the service's own
 //!   migrations) and Kafka (creating the topics) at start-up, and the [`Application`]:
 //!   the HTTP API, the outbox relay and the consumer, run as one unit that starts and
 //!   stops together;
-//! - [`init_tracing`]: log lines to stderr, filtered by `RUST_LOG`;
+//! - [`init_tracing`]: log lines to stderr, as text or JSON, filtered by `RUST_LOG`;
 //! - [`shutdown_signal`]: Ctrl-C or SIGTERM.
 
 pub mod database;
 pub mod health;
+pub mod http;
 pub mod lifecycle;
+pub mod metrics;
 pub mod problem;
+
+pub use http::HttpSettings;
 
 pub use lifecycle::{Application, Needs, Resources};
 pub use problem::Problem;
@@ -38,16 +45,41 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`), with colours only on a
-/// terminal so log files stay plain text.
-pub fn init_tracing() {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event, for people.
+    #[default]
+    Text,
+    /// One JSON object per line, with the fields of the event and of every span it is
+    /// in (topic, partition, offset, event id, correlation id, trace id…), for machines.
+    Json,
+}
+
+/// Logging settings; the same variables for both services.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogSettings {
+    /// `text` or `json` (one JSON object per line). Lines are filtered by `RUST_LOG`.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text (with colours only on
+/// a terminal, so log files stay plain) or as JSON lines.
+pub fn init_tracing(settings: &LogSettings) {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log_format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
 }

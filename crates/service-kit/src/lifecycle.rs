@@ -16,6 +16,7 @@ use kafka::KafkaSettings;
 use outbox::{Relay, RelayConfig, RetentionSettings};
 
 use crate::health::Health;
+use crate::http::HttpSettings;
 use rdkafka::producer::FutureProducer;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
@@ -123,6 +124,8 @@ pub struct Application<H> {
     pub handler: H,
     /// Bound on everything after the shutdown signal.
     pub shutdown_timeout: Duration,
+    /// Bounds on HTTP clients.
+    pub http: HttpSettings,
 }
 
 impl<H: BatchHandler> Application<H> {
@@ -139,7 +142,7 @@ impl<H: BatchHandler> Application<H> {
     /// refuses) does not take the service down: the HTTP API keeps taking requests, their
     /// events wait in the outbox, and the reason is logged at ERROR when it happens and
     /// every [`HALT_REMINDER`] after. Returns the consumer's counts; an error when the
-    /// consumer halted, when serving failed, or when shutdown ran out of time, so that
+    /// consumer halted, or when shutdown ran out of time, so that
     /// the exit status says what happened.
     pub async fn run_until_stopped(
         self,
@@ -153,7 +156,13 @@ impl<H: BatchHandler> Application<H> {
             producer,
         } = self.resources;
         let health = Health::new(pool.clone(), producer.clone(), self.relay_stuck_after);
-        let router = self.router.merge(health.clone().router());
+        let router = crate::http::instrument(
+            name,
+            self.router
+                .merge(health.clone().router())
+                .merge(crate::metrics::router(name, pool.clone())),
+            &self.http,
+        );
         let relay = Relay::new(pool.clone(), producer, RelayConfig::default());
         let relay = tokio::spawn(relay.run(stop.clone()));
         let cleanup = tokio::spawn(self.retention.run(pool.clone(), stop.clone()));
@@ -167,25 +176,29 @@ impl<H: BatchHandler> Application<H> {
             consuming.abort_handle(),
             cleanup.abort_handle(),
         ];
-        let serving = axum::serve(listener, router).with_graceful_shutdown({
+        let http = self.http.clone();
+        let serving = {
             let stop = stop.clone();
             async move {
-                tokio::select! {
-                    () = shutdown => {}
-                    () = stop.cancelled() => {}
-                }
-                stop.cancel();
+                crate::http::serve(listener, router, &http, async {
+                    tokio::select! {
+                        () = shutdown => {}
+                        () = stop.cancelled() => {}
+                    }
+                    stop.cancel();
+                })
+                .await;
             }
-        });
+        };
 
         let stopping = stop.clone();
         let everything = async move {
-            let served = serving.await;
-            stopping.cancel(); // the server may also end by itself, on an error
+            serving.await;
+            stopping.cancel();
             let consumed = consuming.await;
             let _ = relay.await;
             let _ = cleanup.await;
-            (served, consumed)
+            consumed
         };
         let limit = self.shutdown_timeout;
         let outcome = tokio::select! {
@@ -202,13 +215,12 @@ impl<H: BatchHandler> Application<H> {
         {
             tracing::warn!(service = name, timeout = ?POOL_CLOSE_TIMEOUT, "closing the database pool timed out");
         }
-        let Some((served, consumed)) = outcome else {
+        let Some(consumed) = outcome else {
             anyhow::bail!(
                 "{name}: shutdown did not finish within {limit:?}; the work in flight was \
                  abandoned (its offsets stay uncommitted, so it is redelivered)"
             );
         };
-        served.context("serving HTTP")?;
         let stats = consumed
             .context("the consumer task failed")?
             .context("the consumer had halted")?;

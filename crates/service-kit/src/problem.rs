@@ -41,3 +41,48 @@ impl IntoResponse for Problem {
         response
     }
 }
+
+/// Adds to every operation of an OpenAPI document the answers any request may get from
+/// the HTTP layer or an unreachable database: `408` (not received and answered in time)
+/// and `503` (too many requests in flight, or the database unavailable), as problems.
+pub struct CommonResponses;
+
+impl utoipa::Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let responses = &mut operation.responses.responses;
+                responses.entry("408".into()).or_insert_with(|| {
+                    problem("The request was not received and answered in time").into()
+                });
+                responses.entry("503".into()).or_insert_with(|| {
+                    problem(
+                        "Too many requests in flight, or the database is unavailable; retry later",
+                    )
+                    .into()
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Metrics: `GET /metrics` in the Prometheus text format, from the `metrics` facade and
+//! its Prometheus exporter. Every crate records through the facade (`metrics::counter!`
+//! and friends); this module installs the one recorder of the process and serves it.
+//!
+//! What is recorded, and where:
+//! - HTTP (here, [`crate::http`]): `http_requests_total{service,method,route,status}`,
+//!   `http_request_duration_seconds{service,method,route}`;
+//! - consumers (the `consumer` crate): messages consumed, applied and duplicates by
+//!   topic, batch size and duration, retries and dead letters by class, halts, and the
+//!   lag per partition from librdkafka's own statistics;
+//! - the relay (the `outbox` crate): publish latency and rows published; at each scrape,
+//!   here, the backlog, the age of its oldest row and the parked rows;
+//! - the payment gateway (payment-service): calls by outcome, call latency.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+
+/// Buckets of every `*_seconds` histogram: 1 ms to 10 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets of batch sizes.
+const SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
+];
+
+/// Bound on the scrape-time outbox query.
+const OUTBOX_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The process's Prometheus recorder, installed on first use. One per process: services
+/// started in-process by tests share it, told apart by their `service` label and their
+/// topics.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS))
+            .expect("valid buckets");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may be installed already (a test's): this one still renders
+        // what it is given, so the route works either way.
+        let _ = metrics::set_global_recorder(recorder);
+        handle.clone()
+    })
+}
+
+/// The route `GET /metrics` of service `service`, which also reports its outbox.
+pub fn router(service: &'static str, pool: PgPool) -> Router {
+    let _ = handle();
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state((service, pool))
+}
+
+async fn scrape(State((service, pool)): State<(&'static str, PgPool)>) -> Response {
+    record_outbox(service, &pool).await;
+    let handle = handle();
+    handle.run_upkeep();
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// The outbox's backlog, the age of its oldest unpublished row and its parked rows, read
+/// at scrape time (one indexed query), so they are never stale.
+async fn record_outbox(service: &'static str, pool: &PgPool) {
+    let query = sqlx::query_as::<_, (i64, Option<f64>, i64)>(
+        "SELECT count(*) FILTER (WHERE parked_at IS NULL),
+                EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL))::float8,
+                count(*) FILTER (WHERE parked_at IS NOT NULL)
+         FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(pool);
+    match tokio::time::timeout(OUTBOX_QUERY_TIMEOUT, query).await {
+        Ok(Ok((backlog, oldest, parked))) => {
+            metrics::gauge!("outbox_backlog", "service" => service).set(backlog as f64);
+            metrics::gauge!("outbox_oldest_unpublished_age_seconds", "service" => service)
+                .set(oldest.unwrap_or(0.0));
+            metrics::gauge!("outbox_parked", "service" => service).set(parked as f64);
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: reading the outbox failed"),
+        Err(_) => {
+            tracing::warn!(timeout = ?OUTBOX_QUERY_TIMEOUT, "metrics: reading the outbox timed out")
+        }
+    }
+}
