@@ -6,6 +6,7 @@ mod helpers;
 
 mod dead_letters;
 mod gateway_double;
+mod http_bounds;
 mod kafka_cluster;
 mod kafka_roundtrip;
 mod no_engine;
