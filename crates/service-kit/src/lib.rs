@@ -67,19 +67,35 @@ pub struct LogSettings {
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text (with colours only on
 /// a terminal, so log files stay plain) or as JSON lines.
 pub fn init_tracing(settings: &LogSettings) {
-    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn".into());
+    use tracing_subscriber::util::SubscriberInitExt;
+    // Also takes the `log` records of libraries (librdkafka's among them).
+    let _ = log_subscriber(settings.log_format, filter, std::io::stderr).try_init();
+}
+
+/// The services' log subscriber, writing to `writer`; tests capture the logs with it.
+pub fn log_subscriber<W>(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match settings.log_format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(true)
-            .init(),
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => Box::new(builder.with_ansi(std::io::stderr().is_terminal()).finish()),
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(true)
+                .finish(),
+        ),
     }
 }
