@@ -428,18 +428,11 @@ async fn check_poison_mix(kafka: &testkit::kafka::Kafka, case: usize, items: &[(
     }
 }
 
-/// The readiness answer of a running service, as JSON with its status code.
-async fn readiness(service: &RunningService) -> (u16, Value) {
-    let response = service.get("/health/ready").await;
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("json"))
-}
-
 /// Waits until the service reports its consumer halted, and returns the reason.
 async fn until_halted(service: &RunningService) -> String {
     let started = std::time::Instant::now();
     loop {
-        let (status, body) = readiness(service).await;
+        let (status, body) = service.readiness().await;
         let consumer = body["checks"]
             .as_array()
             .and_then(|c| c.iter().find(|c| c["name"] == "consumer").cloned())

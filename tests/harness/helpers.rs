@@ -255,6 +255,29 @@ impl RunningService {
             .await
     }
 
+    /// `GET /health/ready`: its status code and JSON body.
+    pub async fn readiness(&self) -> (u16, serde_json::Value) {
+        let response = self.get("/health/ready").await;
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("readiness json"))
+    }
+
+    /// Waits until `/health/ready` answers `status`; then returns its body.
+    pub async fn until_readiness(&self, status: u16, limit: Duration) -> serde_json::Value {
+        let started = std::time::Instant::now();
+        loop {
+            let (now, body) = self.readiness().await;
+            if now == status {
+                return body;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "readiness still {now}, not {status}, after {limit:?}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Rows in `orders` and in `outbox`: what a request left behind.
     pub async fn row_counts(&self) -> (i64, i64) {
         (self.count("orders").await, self.count("outbox").await)

@@ -112,9 +112,24 @@ async fn postgres_down_for_20_seconds_mid_stream_dead_letters_nothing_and_loses_
         produce_all(kafka.client(), &topic, &order_created_records(FIRST)).await;
 
         mid_stream(&payments).await;
+        assert_eq!(payments.readiness().await.0, 200, "ready before");
         postgres.stop().await.expect("stop PostgreSQL");
         // The stream goes on while the database is down.
         produce_all(kafka.client(), &topic, &order_created_records(DURING)).await;
+        // Not ready, naming the database, while it is down.
+        let down = payments
+            .until_readiness(503, crate::helpers::SECONDS_30)
+            .await;
+        let database = down["checks"]
+            .as_array()
+            .and_then(|checks| checks.iter().find(|c| c["name"] == "database"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(database["ok"], false, "{down}");
+        assert!(
+            !database["detail"].as_str().unwrap_or_default().is_empty(),
+            "{down}"
+        );
         tokio::time::sleep(OUTAGE).await;
         let dlt = kafka::dead_letter_topic(&topic);
         assert_eq!(
@@ -123,6 +138,7 @@ async fn postgres_down_for_20_seconds_mid_stream_dead_letters_nothing_and_loses_
             "nothing dead-lettered during the outage"
         );
         postgres.start().await.expect("start PostgreSQL");
+        payments.until_readiness(200, MINUTES_2).await;
 
         all_processed_nothing_dead_lettered(kafka.client(), &payments).await;
         let stats = payments.shut_down().await;
