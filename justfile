@@ -32,15 +32,20 @@ stop:
 engine:
     @{{engine_env}}; echo "DOCKER_HOST=$DOCKER_HOST"
 
-# Build Kafka and PostgreSQL images with no container registry (Debian packages + Maven); cached
+# Build all four images with no container registry: Kafka and PostgreSQL (Debian packages + Maven, cached), both services (this machine's release build)
 [group('infrastructure')]
 images-offline:
-    {{engine_env}}; scripts/build-images.sh > .op-images.env; cat .op-images.env
+    {{engine_env}}; scripts/build-images.sh all > .op-images.env.new; mv .op-images.env.new .op-images.env; cat .op-images.env
 
-# Start PostgreSQL (127.0.0.1:5432) and Kafka (127.0.0.1:9092) and wait until both answer
+# Start PostgreSQL (127.0.0.1:5432) and Kafka (127.0.0.1:9092) and wait until both answer (offline images are built if no registry answers)
 [group('infrastructure')]
 up:
-    {{engine_env}}; c() { {{compose}}; }; c up -d postgres kafka; scripts/wait-ready.sh postgres kafka
+    {{engine_env}}; eval "$(scripts/ensure-images.sh infra)"; c() { {{compose}}; }; c up -d postgres kafka; scripts/wait-ready.sh postgres kafka
+
+# The whole platform in containers: PostgreSQL, Kafka, order-service (:8080), payment-service (:8081); waits for /health/ready
+[group('infrastructure')]
+stack:
+    {{engine_env}}; eval "$(scripts/ensure-images.sh all)"; c() { {{compose}}; }; if [[ "$OP_IMAGES_OFFLINE" == 1 ]]; then c up -d; else c up -d --build; fi; scripts/wait-ready.sh postgres kafka order-service payment-service
 
 # Start the 3-broker KRaft cluster (127.0.0.1:19092, 29092, 39092) and wait until it answers
 [group('infrastructure')]
@@ -71,10 +76,15 @@ outbox SERVICE *ARGS:
       *) echo "just outbox: SERVICE is order or payment, not {{SERVICE}}" >&2; exit 2 ;; \
     esac; DATABASE_URL="$url" cargo run --quiet -p outbox --bin outbox -- {{ARGS}}
 
-# Run the whole suite on real Kafka and PostgreSQL; fails if it leaves a container behind
+# Run the whole suite on real Kafka and PostgreSQL, then (without ARGS) the whole stack from docker-compose.yml; fails if it leaves a container behind
 [group('test')]
 test *ARGS:
-    {{engine_env}}; rc=0; cargo test --workspace {{ARGS}} || rc=$?; scripts/leftovers.sh || rc=1; exit $rc
+    {{engine_env}}; rc=0; cargo test --workspace {{ARGS}} || rc=$?; if [[ -z "{{ARGS}}" ]]; then scripts/stack-check.sh || rc=1; fi; scripts/leftovers.sh || rc=1; exit $rc
+
+# The whole stack from docker-compose.yml, services included: healthy, serving, paying an order
+[group('test')]
+stack-check:
+    {{engine_env}}; scripts/stack-check.sh
 
 # Remove containers and networks left by test runs that were killed
 [group('test')]

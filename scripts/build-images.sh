@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Builds the offline Kafka and PostgreSQL images with no container registry:
-#   - the root filesystem comes from this machine's own Debian package sources (mmdebstrap),
+# Builds the platform's images with no container registry:
+#   - the root filesystems come from this machine's own Debian package sources (mmdebstrap),
 #   - the Kafka broker jars come from Maven (images/kafka/pom.xml),
-#   - the result is imported with `podman import` (or `docker import`).
-# An image is rebuilt only when its recipe (the files under images/<name>/ and this
-# script) changes; the recipe's hash is kept in the image label org.order-platform.recipe.
+#   - they are imported with `podman import` (or `docker import`);
+#   - the two services' images are built from the Dockerfile with BINARIES=prebuilt: the
+#     binaries of this machine's cargo build on the imported Debian runtime.
+# An imported image is rebuilt only when its recipe (the files under images/<name>/ and
+# this script) changes; the recipe's hash is kept in the image label
+# org.order-platform.recipe. The service images are rebuilt every time (the binaries may
+# have changed; the layers below them are cached).
+#
+# Usage: scripts/build-images.sh [infra|services|all]   (default all)
+#   OP_SERVICE_PROFILE=release (default) or dev: the cargo profile of the service binaries.
 #
 # Prints the environment to use the images, e.g.:
 #   export OP_KAFKA_IMAGE=localhost/order-platform/kafka:4.4.0
@@ -26,6 +33,12 @@ fi
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' images/kafka/pom.xml)
 kafka_tag="localhost/order-platform/kafka:${kafka_version}"
 postgres_tag="localhost/order-platform/postgres:15"
+suite=$(. /etc/os-release && echo "${VERSION_CODENAME}")
+runtime_tag="localhost/order-platform/runtime:${suite}"
+order_tag="localhost/order-platform/order-service:latest"
+payment_tag="localhost/order-platform/payment-service:latest"
+what=${1:-all}
+case "$what" in infra|services|all) ;; *) die "usage: $0 [infra|services|all]" ;; esac
 
 need() { # installs Debian packages that provide the commands named
   local missing=()
@@ -53,8 +66,6 @@ sources=()
 for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
   [[ -s "$f" ]] && grep -qv '^\s*\(#\|$\)' "$f" && sources+=("$f")
 done
-suite=$(. /etc/os-release && echo "${VERSION_CODENAME}")
-
 rootfs() { # $1 = output tar, $2 = customize hook (a shell command), rest = packages
   local out=$1 hook=$2; shift 2
   need mmdebstrap:mmdebstrap
@@ -73,7 +84,7 @@ build_postgres() {
   if [[ "$(current_hash "$postgres_tag")" == "$hash" ]]; then
     log "$postgres_tag is up to date"; return
   fi
-  local work; work=$(mktemp -d); trap 'rm -rf "$work"' RETURN
+  local work; work=$(mktemp -d); trap 'rm -rf "$work"; trap - RETURN' RETURN
   rootfs "$work/rootfs.tar" \
     "install -m 0755 images/postgres/docker-entrypoint.sh \"\$1/usr/local/bin/\"" \
     bash postgresql-15 tzdata
@@ -95,7 +106,7 @@ build_kafka() {
   need mvn:maven
   log "resolving Kafka $kafka_version jars with Maven"
   (cd images/kafka && mvn -q -B package) >&2
-  local work; work=$(mktemp -d); trap 'rm -rf "$work"' RETURN
+  local work; work=$(mktemp -d); trap 'rm -rf "$work"; trap - RETURN' RETURN
   rootfs "$work/rootfs.tar" \
     "mkdir -p \"\$1/opt/kafka\" && cp -r images/kafka/bin images/kafka/config images/kafka/target/libs \"\$1/opt/kafka/\" && chmod 0755 \"\$1\"/opt/kafka/bin/*" \
     bash openjdk-17-jre-headless procps
@@ -109,7 +120,48 @@ build_kafka() {
     "$work/rootfs.tar" "$kafka_tag" >/dev/null
 }
 
-build_postgres
-build_kafka
-echo "export OP_POSTGRES_IMAGE=$postgres_tag"
-echo "export OP_KAFKA_IMAGE=$kafka_tag"
+build_runtime() {
+  local hash; hash=$(recipe_hash images/runtime)
+  if [[ "$(current_hash "$runtime_tag")" == "$hash" ]]; then
+    log "$runtime_tag is up to date"; return
+  fi
+  local work; work=$(mktemp -d); trap 'rm -rf "$work"; trap - RETURN' RETURN
+  rootfs "$work/rootfs.tar" "cp images/runtime/README \"\$1/etc/order-platform-runtime\"" \
+    curl ca-certificates passwd
+  log "importing $runtime_tag"
+  "$engine" import -c "LABEL org.order-platform.recipe=$hash" \
+    "$work/rootfs.tar" "$runtime_tag" >/dev/null
+}
+
+build_services() {
+  local profile=${OP_SERVICE_PROFILE:-release} dir
+  case "$profile" in release) dir=release ;; dev) dir=debug ;; *) die "OP_SERVICE_PROFILE must be release or dev" ;; esac
+  log "building the services (cargo, profile $profile)"
+  cargo build --profile "$profile" -p order-service -p payment-service >&2
+  build_runtime
+  # Podman's default OCI format has no HEALTHCHECK; the Docker format keeps it.
+  local format=(); [[ "$engine" == podman ]] && format=(--format docker)
+  for service in order-service payment-service; do
+    local tag="localhost/order-platform/${service}:latest"
+    log "building $tag"
+    "$engine" build --quiet "${format[@]}" --target "$service" \
+      --build-arg BINARIES=prebuilt --build-arg PROFILE="$dir" \
+      --build-arg RUNTIME_IMAGE="$runtime_tag" \
+      -t "$tag" -f Dockerfile . >/dev/null
+  done
+}
+
+if [[ "$what" != services ]]; then
+  build_postgres
+  build_kafka
+fi
+if [[ "$what" != infra ]]; then
+  build_services
+fi
+# Every image already built is named, so the file this is written to stays complete.
+for pair in OP_POSTGRES_IMAGE=$postgres_tag OP_KAFKA_IMAGE=$kafka_tag \
+            OP_ORDER_IMAGE=$order_tag OP_PAYMENT_IMAGE=$payment_tag; do
+  if "$engine" image exists "${pair#*=}" 2>/dev/null || "$engine" image inspect "${pair#*=}" >/dev/null 2>&1; then
+    echo "export $pair"
+  fi
+done

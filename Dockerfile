@@ -1,0 +1,56 @@
+# The two services' images, one target each:
+#
+#   docker build --target order-service   -t order-platform/order-service .
+#   docker build --target payment-service -t order-platform/payment-service .
+#
+# With a registry, the binaries are compiled in the `build` stage. With none,
+# `just images-offline` builds them on this machine and passes BINARIES=prebuilt and a
+# runtime image of its own (Debian packages only), so nothing is pulled.
+#
+# The images are small Debian runtimes that run as a non-root user, listen on 0.0.0.0
+# inside the container, take their configuration only from the environment variables
+# that `order-service --help` / `payment-service --help` list, and report their health
+# from GET /health/ready.
+
+ARG RUST_IMAGE=rust:1.88-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+# `build` (compile here) or `prebuilt` (take target/<profile>/ from the build context).
+ARG BINARIES=build
+
+FROM ${RUST_IMAGE} AS build
+WORKDIR /src
+RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
+COPY . .
+RUN cargo build --release --locked -p order-service -p payment-service \
+ && mkdir /out && cp target/release/order-service target/release/payment-service /out/
+
+FROM scratch AS prebuilt
+ARG PROFILE=release
+COPY target/${PROFILE}/order-service target/${PROFILE}/payment-service /out/
+
+FROM ${BINARIES} AS binaries
+
+FROM ${RUNTIME_IMAGE} AS runtime
+# curl for the health check; an unprivileged user to run as.
+RUN command -v curl >/dev/null \
+    || (apt-get update && apt-get install -y --no-install-recommends curl ca-certificates \
+        && rm -rf /var/lib/apt/lists/*) \
+ && (getent passwd app >/dev/null || useradd --uid 10001 --no-create-home --no-log-init --shell /usr/sbin/nologin app)
+ENV RUST_LOG=info,sqlx=warn LOG_FORMAT=json
+USER 10001
+
+FROM runtime AS order-service
+COPY --from=binaries /out/order-service /usr/local/bin/order-service
+ENV ORDER_LISTEN=0.0.0.0:8080
+EXPOSE 8080
+HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=6 \
+    CMD curl -fsS --max-time 2 http://127.0.0.1:8080/health/ready >/dev/null || exit 1
+ENTRYPOINT ["order-service"]
+
+FROM runtime AS payment-service
+COPY --from=binaries /out/payment-service /usr/local/bin/payment-service
+ENV PAYMENT_LISTEN=0.0.0.0:8081
+EXPOSE 8081
+HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=6 \
+    CMD curl -fsS --max-time 2 http://127.0.0.1:8081/health/ready >/dev/null || exit 1
+ENTRYPOINT ["payment-service"]
