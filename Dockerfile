@@ -37,6 +37,7 @@ RUN command -v curl >/dev/null \
         && rm -rf /var/lib/apt/lists/*) \
  && (getent passwd app >/dev/null || useradd --uid 10001 --no-create-home --no-log-init --shell /usr/sbin/nologin app)
 ENV RUST_LOG=info,sqlx=warn LOG_FORMAT=json
+LABEL org.order-platform.service-image=true
 USER 10001
 
 FROM runtime AS order-service

@@ -6,6 +6,8 @@ set dotenv-filename := ".op-images.env"
 
 # Engine set-up, shared by recipes: exports DOCKER_HOST (Docker, or Podman's socket).
 engine_env := 'eval "$(scripts/engine.sh)"'
+# The engine, and Kafka and PostgreSQL images that can be used (built offline if no registry answers).
+infra_env := 'eval "$(scripts/engine.sh)"; eval "$(scripts/ensure-images.sh infra)"'
 compose := 'if docker compose version >/dev/null 2>&1; then docker compose -p order-platform "$@"; else docker-compose -p order-platform "$@"; fi'
 
 # List the recipes
@@ -40,7 +42,7 @@ images-offline:
 # Start PostgreSQL (127.0.0.1:5432) and Kafka (127.0.0.1:9092) and wait until both answer (offline images are built if no registry answers)
 [group('infrastructure')]
 up:
-    {{engine_env}}; eval "$(scripts/ensure-images.sh infra)"; c() { {{compose}}; }; c up -d postgres kafka; scripts/wait-ready.sh postgres kafka
+    {{infra_env}}; c() { {{compose}}; }; c up -d postgres kafka; scripts/wait-ready.sh postgres kafka
 
 # The whole platform in containers: PostgreSQL, Kafka, order-service (:8080), payment-service (:8081); waits for /health/ready
 [group('infrastructure')]
@@ -50,7 +52,7 @@ stack:
 # Start the 3-broker KRaft cluster (127.0.0.1:19092, 29092, 39092) and wait until it answers
 [group('infrastructure')]
 up-cluster:
-    {{engine_env}}; c() { {{compose}}; }; c --profile cluster up -d kafka-1 kafka-2 kafka-3; scripts/wait-ready.sh kafka-1 kafka-2 kafka-3
+    {{infra_env}}; c() { {{compose}}; }; c --profile cluster up -d kafka-1 kafka-2 kafka-3; scripts/wait-ready.sh kafka-1 kafka-2 kafka-3
 
 # Stop and remove everything `up` and `up-cluster` started, data included
 [group('infrastructure')]
@@ -79,7 +81,7 @@ outbox SERVICE *ARGS:
 # Run the whole suite on real Kafka and PostgreSQL, then (without ARGS) the whole stack from docker-compose.yml; fails if it leaves a container behind
 [group('test')]
 test *ARGS:
-    {{engine_env}}; rc=0; cargo test --workspace {{ARGS}} || rc=$?; if [[ -z "{{ARGS}}" ]]; then scripts/stack-check.sh || rc=1; fi; scripts/leftovers.sh || rc=1; exit $rc
+    {{infra_env}}; rc=0; cargo test --workspace {{ARGS}} || rc=$?; if [[ -z "{{ARGS}}" ]]; then scripts/stack-check.sh || rc=1; fi; scripts/leftovers.sh || rc=1; exit $rc
 
 # The whole stack from docker-compose.yml, services included: healthy, serving, paying an order
 [group('test')]
@@ -95,9 +97,9 @@ clean:
 # Release builds; CHAOS_PROFILE=dev uses the debug build `just test` left behind (quicker to build).
 [group('test')]
 chaos *ARGS:
-    {{engine_env}}; profile="${CHAOS_PROFILE:-release}"; dir="$profile"; [ "$profile" = dev ] && dir=debug; rc=0; cargo build --profile "$profile" --quiet -p order-service -p payment-service -p chaos && "target/$dir/chaos" {{ARGS}} || rc=$?; scripts/leftovers.sh || rc=1; exit $rc
+    {{infra_env}}; profile="${CHAOS_PROFILE:-release}"; dir="$profile"; [ "$profile" = dev ] && dir=debug; rc=0; cargo build --profile "$profile" --quiet -p order-service -p payment-service -p chaos && "target/$dir/chaos" {{ARGS}} || rc=$?; scripts/leftovers.sh || rc=1; exit $rc
 
 # Run the criterion benchmarks (reports in target/criterion); `just bench payment_consumer` runs one
 [group('test')]
 bench *NAMES:
-    {{engine_env}}; set -- {{NAMES}}; if [ $# -eq 0 ]; then cargo bench -p order-platform; else for name in "$@"; do cargo bench -p order-platform --bench "$name"; done; fi; scripts/leftovers.sh
+    {{infra_env}}; set -- {{NAMES}}; if [ $# -eq 0 ]; then cargo bench -p order-platform; else for name in "$@"; do cargo bench -p order-platform --bench "$name"; done; fi; scripts/leftovers.sh

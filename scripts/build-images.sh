@@ -149,6 +149,8 @@ build_services() {
       --build-arg RUNTIME_IMAGE="$runtime_tag" \
       -t "$tag" -f Dockerfile . >/dev/null
   done
+  # The images these builds replaced.
+  "$engine" image prune -f --filter label=org.order-platform.service-image=true >/dev/null 2>&1 || true
 }
 
 if [[ "$what" != services ]]; then

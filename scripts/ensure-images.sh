@@ -33,7 +33,9 @@ offline() { # builds (or reuses) the offline images of $1 and loads their names
 
 if exists "${OP_POSTGRES_IMAGE:-}" && exists "${OP_KAFKA_IMAGE:-}"; then
   mode=named
-elif timeout "${OP_PULL_SECONDS:-180}" bash -c "$(declare -f compose); compose pull -q postgres kafka" >/dev/null 2>&1; then
+elif timeout "${OP_PULL_SECONDS:-180}" bash -c "$(declare -f compose); compose pull -q postgres kafka" >/dev/null 2>&1 \
+     && exists "${OP_POSTGRES_IMAGE:-postgres:17}" && exists "${OP_KAFKA_IMAGE:-apache/kafka:4.4.0}"; then
+  # (Checked after the pull: docker-compose 1.29 against Podman reports a failed pull as done.)
   mode=official
 else
   log "the official images cannot be pulled (no registry answers): building the offline images instead (scripts/build-images.sh; cached once built)"
