@@ -3,8 +3,10 @@
 # starts everything under a compose project of its own on ports of its own (so a running
 # `just up` or `just stack` is left alone), waits for every container to report healthy,
 # then asks each service's /health/ready, sends an order through and waits until it is
-# PAID, reads /metrics and Swagger UI, checks the services run as a non-root user, and
-# removes what it started, whatever happened.
+# PAID, reads /metrics and Swagger UI, checks the services run as a non-root user, fuzzes
+# both APIs from their own OpenAPI documents (Schemathesis, every check, a bounded time
+# each: no 5xx, every status and body as documented, bad input refused, valid input
+# accepted), and removes what it started, whatever happened.
 #
 # Service images come from this machine's cargo build when the images are offline, with
 # OP_SERVICE_PROFILE (dev here by default: the suite has just built it).
@@ -70,4 +72,25 @@ for service in order-service payment-service; do
   uid=$(compose exec -T "$service" id -u | tr -d '\r')
   [[ "$uid" != 0 ]] || fail "$service runs as root"
 done
+# Fuzzing from the documents. The seed is printed, so a failure can be repeated with
+# OP_FUZZ_SEED; OP_FUZZ_SECONDS bounds each API's run (45).
+schemathesis_version=4.32.5
+if ! command -v schemathesis >/dev/null 2>&1; then
+  log "installing Schemathesis $schemathesis_version (pip)"
+  python3 -m pip install --quiet "schemathesis==$schemathesis_version" >&2 ||
+    fail "Schemathesis is needed to fuzz the APIs: python3 -m pip install schemathesis==$schemathesis_version"
+fi
+for url in "$order" "$payment"; do
+  log "fuzzing $url from $url/api-docs/openapi.json for ${OP_FUZZ_SECONDS:-45}s"
+  seed=(); [[ -n "${OP_FUZZ_SEED:-}" ]] && seed=(--seed "$OP_FUZZ_SEED")
+  SCHEMATHESIS_HOOKS=scripts.fuzz.hooks PYTHONPATH=. NO_COLOR=1 \
+    timeout $(( ${OP_FUZZ_SECONDS:-45} + 120 )) schemathesis run "$url/api-docs/openapi.json" \
+      --checks all --max-time "${OP_FUZZ_SECONDS:-45}" --workers 2 --request-timeout 5 \
+      "${seed[@]}" >/tmp/stack-check-fuzz.$$ 2>&1 ||
+    { cat /tmp/stack-check-fuzz.$$ >&2; rm -f /tmp/stack-check-fuzz.$$; fail "fuzzing $url found the above"; }
+  grep -E "^(Seed|=+ .* in )" /tmp/stack-check-fuzz.$$ | sed 's/^/stack-check:   /' >&2 || true
+  grep -E "generated" /tmp/stack-check-fuzz.$$ | sed 's/^ */stack-check:   /' >&2 || true
+  rm -f /tmp/stack-check-fuzz.$$
+done
+
 log "passed in $(( SECONDS - started ))s: the stack from docker-compose.yml, services included, is ready, serves and pays an order"

@@ -220,6 +220,15 @@ async fn bad_input_gets_a_readable_4xx_and_leaves_nothing_behind() {
                 "{case}: {detail:?} should say {says:?}"
             );
         }
+        // Idempotency-Keys outside the documented pattern.
+        let long = "k".repeat(256);
+        for key in ["with\ttab", long.as_str()] {
+            let response = service.post_raw(r#"{"amount": 1}"#, json, Some(key)).await;
+            assert_eq!(response.status(), 400, "Idempotency-Key {key:?}");
+            let problem: Value = response.json().await.expect("problem json");
+            let detail = problem["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains("Idempotency-Key"), "{detail}");
+        }
         assert_eq!(
             service.row_counts().await,
             (0, 0),

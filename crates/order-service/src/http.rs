@@ -129,20 +129,21 @@ async fn create_order(
     Ok(response)
 }
 
+/// 1 to 255 visible ASCII characters or spaces, not starting or ending with a space (the
+/// schema's pattern); a tab or any other control character is refused.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = value
-        .to_str()
-        .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?
-        .trim();
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+    let key = value.as_bytes();
+    let printable = key.iter().all(|b| (0x20..=0x7e).contains(b));
+    let trimmed = key.first() != Some(&b' ') && key.last() != Some(&b' ');
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !printable || !trimmed {
         return Err(ApiError::BadRequest(format!(
-            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters (inner spaces allowed)"
         )));
     }
-    Ok(Some(key.to_owned()))
+    Ok(Some(String::from_utf8_lossy(key).into_owned()))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
