@@ -127,10 +127,11 @@ pub fn topic_prefix() -> String {
 
 /// order-service on `bootstrap`, with topics named `prefix` + standard name and the
 /// consumer group `prefix` + `order-service`.
+/// Returns once it reports itself ready (`/health/ready`).
 pub async fn order_service(bootstrap: &str, prefix: &str) -> RunningService {
     let db = fresh_database().await;
     let config = order_config(&db, bootstrap, prefix);
-    running_order_service(db, config).await
+    running_order_service(db, config).await.ready().await
 }
 
 /// order-service's test settings: the defaults, on port 0, with the test's own topics
@@ -169,7 +170,8 @@ pub async fn payment_service(bootstrap: &str, prefix: &str) -> RunningService {
     payment_service_on(fresh_database().await, bootstrap, prefix).await
 }
 
-/// payment-service on a given database (to restart it on the same data).
+/// payment-service on a given database (to restart it on the same data); returns once it
+/// reports itself ready.
 pub async fn payment_service_on(
     db: testkit::TestDatabase,
     bootstrap: &str,
@@ -178,7 +180,7 @@ pub async fn payment_service_on(
     let mut config = payment_service::Config::for_test(&db.url, bootstrap, prefix);
     config.consumer_group = format!("{prefix}payment-service");
     config.consumer.batch_size = 200;
-    running_payment_service(db, config).await
+    running_payment_service(db, config).await.ready().await
 }
 
 /// payment-service settings for fault tests: the gateway at `gateway` (the simulated one
@@ -253,6 +255,12 @@ impl RunningService {
     ) -> reqwest::Response {
         self.post_raw(body.to_string(), "application/json", key)
             .await
+    }
+
+    /// This service, once `/health/ready` answers `200` (within 30 s, or the test fails).
+    pub async fn ready(self) -> Self {
+        self.until_readiness(200, SECONDS_30).await;
+        self
     }
 
     /// `GET /health/ready`: its status code and JSON body.

@@ -338,8 +338,10 @@ async fn process<H: BatchHandler>(
                 .entry(letter.failure.class.clone())
                 .or_default() += 1;
             metrics::counter!("consumer_dead_letters_total", "group" => group.to_owned(), "topic" => message.topic.clone(), "class" => letter.failure.class.clone()).increment(1);
+            let (correlation_id, trace_id) = origin(message);
             tracing::warn!(
                 topic = %message.topic, partition = message.partition, offset = message.offset,
+                key = %message.key_text(), correlation_id, trace_id,
                 class = %letter.failure.class, reason = %letter.failure.message,
                 attempts = letter.attempts, "dead-lettered"
             );
@@ -409,8 +411,10 @@ async fn apply<H: BatchHandler>(
                 *stats.retried.entry(failure.class.clone()).or_default() += 1;
                 let message = &batch[index];
                 metrics::counter!("consumer_retries_total", "group" => group.to_owned(), "topic" => message.topic.clone(), "class" => failure.class.clone()).increment(1);
+                let (correlation_id, trace_id) = origin(message);
                 tracing::warn!(
                     topic = %message.topic, partition = message.partition, offset = message.offset,
+                    key = %message.key_text(), correlation_id, trace_id,
                     class = %failure.class, reason = %failure.message, attempt,
                     "message failed; retrying"
                 );
@@ -435,6 +439,22 @@ async fn apply<H: BatchHandler>(
         pending = again;
         attempt += 1;
     }
+}
+
+/// A message's correlation id and trace id, from its headers (`-` when it has none), so
+/// that every log line about an order can be found by them.
+fn origin(message: &Record) -> (String, String) {
+    let correlation = message
+        .last_header_text(events::headers::CORRELATION_ID)
+        .unwrap_or_else(|| "-".into());
+    let trace = events::TraceContext::from_headers(
+        message
+            .last_header_text(events::trace::TRACEPARENT)
+            .as_deref(),
+        None,
+    )
+    .map_or_else(|| "-".into(), |t| t.trace_id);
+    (correlation, trace)
 }
 
 /// Counts one settled message under `counter`, by group and topic.

@@ -270,7 +270,7 @@ impl Relay {
                 Fault::Refused => true,
                 Fault::Outage if is_unreachable(&error) => {
                     outcome.delayed += 1;
-                    tracing::warn!(id = row.id, topic = %row.topic, %error, "outbox row not published; Kafka unreachable, will retry");
+                    tracing::warn!(id = row.id, topic = %row.topic, key = %row.message_key, %error, "outbox row not published; Kafka unreachable, will retry");
                     continue;
                 }
                 Fault::Outage => row.attempts + 1 >= self.config.max_attempts,
@@ -294,7 +294,7 @@ impl Relay {
                     "outbox row parked: Kafka will not take it; later events of its key wait behind it"
                 );
             } else {
-                tracing::warn!(id = row.id, topic = %row.topic, %error, attempts = row.attempts + 1, "outbox row not published; will retry");
+                tracing::warn!(id = row.id, topic = %row.topic, key = %row.message_key, %error, attempts = row.attempts + 1, "outbox row not published; will retry");
             }
         }
         tx.commit().await?;
