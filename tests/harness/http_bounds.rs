@@ -145,3 +145,45 @@ async fn every_response_carries_a_request_id_and_a_traceparent() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_bound_get_503_at_once_and_later_ones_are_served() {
+    within(MINUTES_2, async {
+        let kafka = testkit::kafka::broker().await.expect("kafka");
+        let db = fresh_database().await;
+        let mut config = order_config(&db, kafka.bootstrap(), &topic_prefix());
+        config.http.request_timeout_secs = 2;
+        config.http.max_in_flight = 1;
+        let service = running_order_service(db, config).await;
+        // One request in flight that never finishes its body holds the only place.
+        let mut stalled = TcpStream::connect(address(&service))
+            .await
+            .expect("connect");
+        stalled
+            .write_all(
+                b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                  Content-Length: 100\r\n\r\n{",
+            )
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let started = Instant::now();
+        let busy = service.get("/orders?limit=1").await;
+        assert_eq!(busy.status(), 503, "beyond HTTP_MAX_IN_FLIGHT");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "answered at once"
+        );
+        assert_eq!(busy.headers()["retry-after"], "1");
+        assert_eq!(busy.headers()["content-type"], "application/problem+json");
+
+        // Once the stalled request is answered 408, the place is free again.
+        let answer = read_until_closed(&mut stalled, Duration::from_secs(10))
+            .await
+            .expect("the stalled request ends");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert_eq!(service.get("/orders?limit=1").await.status(), 200);
+    })
+    .await;
+}
