@@ -24,6 +24,17 @@ fn address(service: &RunningService) -> String {
     service.base_url.trim_start_matches("http://").to_owned()
 }
 
+/// A `POST /orders` that declares a 100-byte body and sends only `sent` of it.
+async fn stalled_post(service: &RunningService, sent: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(address(service)).await.expect("connect");
+    let mut request = b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        Content-Length: 100\r\n\r\n"
+        .to_vec();
+    request.extend_from_slice(sent);
+    stream.write_all(&request).await.expect("write");
+    stream
+}
+
 /// Reads until the server closes the connection (or `limit` passes); what it sent.
 async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
     let mut answer = Vec::new();
@@ -78,17 +89,8 @@ async fn idle_connections_are_closed_and_do_not_block_others() {
 async fn a_body_that_stops_arriving_gets_408_and_leaves_nothing_behind() {
     within(MINUTES_2, async {
         let service = impatient_order_service().await;
-        let mut stream = TcpStream::connect(address(&service))
-            .await
-            .expect("connect");
         // Declares 100 bytes, sends 12, then nothing.
-        stream
-            .write_all(
-                b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-                  Content-Length: 100\r\n\r\n{\"amount\": 1",
-            )
-            .await
-            .expect("write");
+        let mut stream = stalled_post(&service, b"{\"amount\": 1").await;
         let started = Instant::now();
         let answer = read_until_closed(&mut stream, Duration::from_secs(10))
             .await
@@ -156,16 +158,7 @@ async fn requests_beyond_the_in_flight_bound_get_503_at_once_and_later_ones_are_
         config.http.max_in_flight = 1;
         let service = running_order_service(db, config).await;
         // One request in flight that never finishes its body holds the only place.
-        let mut stalled = TcpStream::connect(address(&service))
-            .await
-            .expect("connect");
-        stalled
-            .write_all(
-                b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-                  Content-Length: 100\r\n\r\n{",
-            )
-            .await
-            .expect("write");
+        let mut stalled = stalled_post(&service, b"{").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         let started = Instant::now();

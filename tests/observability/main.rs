@@ -126,16 +126,7 @@ impl Scrape {
 
     /// The sum of `name` over the series that have all of `labels` (0 if none).
     fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.0
-            .iter()
-            .filter(|(n, l, _)| {
-                n == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-            })
-            .map(|(_, _, v)| v)
-            .sum()
+        self.series(name, labels).iter().map(|(_, v)| v).sum()
     }
 
     /// The series of `name` that have all of `labels`.

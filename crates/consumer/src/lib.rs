@@ -153,3 +153,16 @@ pub struct Stats {
     /// Dead-lettered messages, by error class.
     pub dead_lettered: BTreeMap<String, u64>,
 }
+
+/// The trace context a record carries in its headers (`traceparent`, `x-request-id`),
+/// continued as this service's hop; `None` when it carries none.
+pub fn trace_of(message: &Record) -> Option<events::TraceContext> {
+    events::TraceContext::from_headers(
+        message
+            .last_header_text(events::trace::TRACEPARENT)
+            .as_deref(),
+        message
+            .last_header_text(events::trace::REQUEST_ID)
+            .as_deref(),
+    )
+}

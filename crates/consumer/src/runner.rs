@@ -447,13 +447,7 @@ fn origin(message: &Record) -> (String, String) {
     let correlation = message
         .last_header_text(events::headers::CORRELATION_ID)
         .unwrap_or_else(|| "-".into());
-    let trace = events::TraceContext::from_headers(
-        message
-            .last_header_text(events::trace::TRACEPARENT)
-            .as_deref(),
-        None,
-    )
-    .map_or_else(|| "-".into(), |t| t.trace_id);
+    let trace = crate::trace_of(message).map_or_else(|| "-".into(), |t| t.trace_id);
     (correlation, trace)
 }
 

@@ -45,14 +45,7 @@ struct Settlement {
 impl Settlement {
     fn decode(index: usize, message: &Record) -> Result<Self, DecodeError> {
         let bytes = message.payload.as_deref();
-        let trace = TraceContext::from_headers(
-            message
-                .last_header_text(events::trace::TRACEPARENT)
-                .as_deref(),
-            message
-                .last_header_text(events::trace::REQUEST_ID)
-                .as_deref(),
-        );
+        let trace = consumer::trace_of(message);
         let settlement = |event_id, correlation_id, order_id, amount, currency, paid| Self {
             index,
             event_id,

@@ -68,7 +68,7 @@ impl BatchHandler for OnOrderCreated {
         for (index, message) in batch.iter().enumerate() {
             match Envelope::<OrderCreated>::decode(message.payload.as_deref()) {
                 Ok(event) => {
-                    if let Some(trace) = trace_of(message) {
+                    if let Some(trace) = consumer::trace_of(message) {
                         traces.insert(index, trace);
                     }
                     orders.push((index, event));
@@ -137,18 +137,6 @@ impl BatchHandler for OnOrderCreated {
         );
         Ok(outcomes)
     }
-}
-
-/// The trace an `order.created` record carries, continued as this service's hop.
-fn trace_of(message: &Record) -> Option<TraceContext> {
-    TraceContext::from_headers(
-        message
-            .last_header_text(events::trace::TRACEPARENT)
-            .as_deref(),
-        message
-            .last_header_text(events::trace::REQUEST_ID)
-            .as_deref(),
-    )
 }
 
 /// One line per order settled, with everything needed to follow it.
