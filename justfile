@@ -99,6 +99,11 @@ clean:
 chaos *ARGS:
     {{infra_env}}; profile="${CHAOS_PROFILE:-release}"; dir="$profile"; [ "$profile" = dev ] && dir=debug; rc=0; cargo build --profile "$profile" --quiet -p order-service -p payment-service -p chaos && "target/$dir/chaos" {{ARGS}} || rc=$?; scripts/leftovers.sh || rc=1; exit $rc
 
+# POST→PAID latency at fixed rates (orders/s) against `just up`: `just latency 50 1000` (OP_PROFILE=dev for the debug build)
+[group('test')]
+latency *RATES:
+    {{infra_env}}; scripts/latency.sh {{RATES}}
+
 # Run the criterion benchmarks (reports in target/criterion); `just bench payment_consumer` runs one
 [group('test')]
 bench *NAMES:

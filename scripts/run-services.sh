@@ -25,12 +25,18 @@ stop() {
 if [[ "${1:-}" == "stop" ]]; then stop; exit 0; fi
 
 stop
-echo "building the services…"
-cargo build --quiet -p order-service -p payment-service
+# OP_SERVICE_BINARIES: a folder of binaries already built (scripts/latency.sh passes the
+# release ones); by default the debug build, made here.
+bin=${OP_SERVICE_BINARIES:-}
+if [[ -z "$bin" ]]; then
+  echo "building the services…"
+  cargo build --quiet -p order-service -p payment-service
+  bin=target/debug
+fi
 # The demo's simulated payment gateway declines charges above 10000.00 (unless set).
 export PAYMENT_SIMULATED_DECLINE_ABOVE="${PAYMENT_SIMULATED_DECLINE_ABOVE:-10000.00}"
 for service in order-service payment-service; do
-  nohup "target/debug/$service" >"$dir/$service.log" 2>&1 &
+  nohup "$bin/$service" >"$dir/$service.log" 2>&1 &
   echo $! >"$dir/$service.pid"
 done
 

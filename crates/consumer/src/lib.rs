@@ -1,9 +1,11 @@
 //! The consumer runner shared by every service: *how* messages are fetched, retried,
 //! dead-lettered and committed. *What* to do with them is a [`BatchHandler`].
 //!
-//! - **Batches**: the runner waits for one message, then takes more until
-//!   [`ConsumerConfig::batch_size`] or [`ConsumerConfig::batch_wait`]. The handler is meant
-//!   to apply a whole batch in one database transaction.
+//! - **Batches, naturally**: the runner waits for one message, then takes what is ready
+//!   now, up to [`ConsumerConfig::batch_size`] (and waits [`ConsumerConfig::batch_wait`]
+//!   for more, if set; by default it waits for nothing). Under load, batches grow by
+//!   themselves while the previous one is applied. The handler is meant to apply a whole
+//!   batch in one database transaction.
 //! - **At-least-once, in order per partition**: offsets are stored only after every
 //!   message of the batch is settled — applied by the handler (after its database
 //!   commit) or acknowledged on a dead-letter topic. librdkafka commits stored offsets in

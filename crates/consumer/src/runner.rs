@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kafka::{KafkaError, Record};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
@@ -191,8 +191,10 @@ fn create_consumer(config: &ConsumerConfig) -> Result<ClosingConsumer, ConsumerE
     Ok(ClosingConsumer(Some(consumer)))
 }
 
-/// Waits for a first message (or stop), then gathers more for at most `batch_wait`.
-/// Messages carried over from a paused stretch come first.
+/// Waits for a first message (or stop), then takes what is ready now, up to
+/// `batch_size`: at low load a message goes on at once, and under load batches grow by
+/// themselves while the previous one is being applied. With a `batch_wait`, it then waits
+/// up to that long for more. Messages carried over from a paused stretch come first.
 async fn gather(
     consumer: &Kafka,
     config: &ConsumerConfig,
@@ -222,8 +224,19 @@ async fn gather(
             }
         }
     }
-    let deadline = Instant::now() + config.batch_wait;
+    // What librdkafka has already fetched: no waiting.
     while batch.len() < config.batch_size {
+        match stream.next().now_or_never() {
+            Some(Some(Ok(message))) => batch.push(Record::from_message(&message)),
+            Some(Some(Err(e))) => {
+                stats.consumer_errors += 1;
+                tracing::debug!(error = %e, "consumer error");
+            }
+            Some(None) | None => break,
+        }
+    }
+    let deadline = Instant::now() + config.batch_wait;
+    while batch.len() < config.batch_size && !config.batch_wait.is_zero() {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, stream.next()).await {
             Ok(Some(Ok(message))) => batch.push(Record::from_message(&message)),

@@ -15,7 +15,9 @@ pub struct ConsumerConfig {
     pub service: String,
     /// Most messages handed to the handler at once.
     pub batch_size: usize,
-    /// Longest wait for a batch to fill once its first message arrived.
+    /// Longest wait for a batch to fill once its first message arrived and what was
+    /// ready was taken; zero (the default) waits for nothing: batches grow by themselves
+    /// under load, and a message at low load goes on at once.
     pub batch_wait: Duration,
     /// Pauses between retries, and attempts before a failing message is dead-lettered.
     pub retry: RetryPolicy,
@@ -35,7 +37,7 @@ impl ConsumerConfig {
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             service: group_id.to_owned(),
             batch_size: 500,
-            batch_wait: Duration::from_millis(20),
+            batch_wait: Duration::ZERO,
             retry: RetryPolicy::default(),
             commit_interval: Duration::from_secs(1),
             max_poll_interval: Duration::from_secs(300),

@@ -20,6 +20,7 @@ pub async fn build(config: Config) -> anyhow::Result<Application<OnPaymentOutcom
         router: router(AppState {
             pool: resources.pool.clone(),
             topics: topics.clone(),
+            wake: resources.wake.clone(),
         }),
         consumer: config.consumer.config(
             bootstrap,

@@ -32,6 +32,8 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 pub struct AppState {
     pub pool: PgPool,
     pub topics: events::Topics,
+    /// Woken after an order and its event are committed.
+    pub wake: outbox::Wake,
 }
 
 #[derive(OpenApi)]
@@ -115,7 +117,10 @@ async fn create_order(
     )
     .await?;
     let (order, replayed) = match created {
-        Created::New(order) => (order, false),
+        Created::New(order) => {
+            state.wake.wake();
+            (order, false)
+        }
         Created::Replayed(order) => (order, true),
     };
     // The order id is the correlation id of every event about the order.

@@ -28,11 +28,13 @@ pub enum Created {
     Replayed(Order),
 }
 
-/// Stores a new `PENDING` order and its `order.created` event in one transaction; the
-/// event carries `trace` in its headers.
+/// Stores a new `PENDING` order and its `order.created` event (carrying `trace` in its
+/// headers) in **one statement**, so one round trip and atomic on its own: the key, if
+/// any, is claimed, and only if it was, the order and its outbox row are written.
 ///
 /// With an idempotency key, a repeat of the same request returns the original order and
-/// writes nothing; the same key with a different request is [`StoreError::KeyReused`].
+/// writes nothing; the same key with a different request is [`StoreError::KeyReused`]. A
+/// concurrent request with the same key waits for the first to commit, then replays it.
 pub async fn create_order(
     pool: &PgPool,
     topics: &Topics,
@@ -40,61 +42,62 @@ pub async fn create_order(
     idempotency_key: Option<&str>,
     trace: Option<&TraceContext>,
 ) -> Result<Created, StoreError> {
-    let mut tx = pool.begin().await?;
     let id = Uuid::now_v7();
-
-    if let Some(key) = idempotency_key {
-        // A concurrent request with the same key waits here for the first to commit.
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (key, fingerprint, order_id) VALUES ($1, $2, $3)
-             ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(key)
-        .bind(new.fingerprint())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !claimed {
-            let (fingerprint, order_id): (String, Uuid) =
-                sqlx::query_as("SELECT fingerprint, order_id FROM idempotency_keys WHERE key = $1")
-                    .bind(key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            tx.rollback().await?;
-            if fingerprint != new.fingerprint() {
-                return Err(StoreError::KeyReused);
-            }
-            let original = get_order(pool, order_id)
-                .await?
-                .ok_or(StoreError::Corrupt {
-                    id: order_id,
-                    reason: "its idempotency key outlived it".into(),
-                })?;
-            return Ok(Created::Replayed(original));
-        }
-    }
-
-    let row: OrderRow = sqlx::query_as(
-        "INSERT INTO orders (id, amount, currency, status) VALUES ($1, $2, $3, $4)
-         RETURNING id, amount, currency, status, created_at",
+    let event = OrderCreated::event(id, new.amount, new.currency);
+    let outbox = OutboxRow::event(topics, &event)
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?
+        .traced(trace);
+    // The outbox row is written here rather than through `outbox::enqueue`, whose
+    // statement of its own would cost a second round trip.
+    let row: Option<OrderRow> = sqlx::query_as(
+        "WITH claim AS (
+             INSERT INTO idempotency_keys (key, fingerprint, order_id)
+             SELECT $1, $2, $3 WHERE $1::text IS NOT NULL
+             ON CONFLICT (key) DO NOTHING
+             RETURNING key),
+         allowed AS (SELECT 1 WHERE $1::text IS NULL OR EXISTS (SELECT 1 FROM claim)),
+         created AS (
+             INSERT INTO orders (id, amount, currency, status)
+             SELECT $3, $4, $5, $6 FROM allowed
+             RETURNING id, amount, currency, status, created_at),
+         queued AS (
+             INSERT INTO outbox (topic, message_key, payload, headers)
+             SELECT $7, $8, $9, $10 FROM created)
+         SELECT id, amount, currency, status, created_at FROM created",
     )
+    .bind(idempotency_key)
+    .bind(new.fingerprint())
     .bind(id)
     .bind(new.amount.value())
     .bind(new.currency.code())
     .bind(OrderStatus::Pending.as_str())
-    .fetch_one(&mut *tx)
+    .bind(&outbox.topic)
+    .bind(&outbox.key)
+    .bind(&outbox.payload)
+    .bind(&outbox.headers)
+    .fetch_optional(pool)
     .await?;
-    let order = Order::try_from(row)?;
+    if let Some(row) = row {
+        return Ok(Created::New(Order::try_from(row)?));
+    }
 
-    let event = OrderCreated::event(order.id, order.amount, order.currency);
-    let row = OutboxRow::event(topics, &event)
-        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?
-        .traced(trace);
-    outbox::enqueue(&mut tx, &[row]).await?;
-    tx.commit().await?;
-    Ok(Created::New(order))
+    // The key was claimed before (or by a concurrent request, now committed).
+    let key = idempotency_key.unwrap_or_default();
+    let (fingerprint, order_id): (String, Uuid) =
+        sqlx::query_as("SELECT fingerprint, order_id FROM idempotency_keys WHERE key = $1")
+            .bind(key)
+            .fetch_one(pool)
+            .await?;
+    if fingerprint != new.fingerprint() {
+        return Err(StoreError::KeyReused);
+    }
+    let original = get_order(pool, order_id)
+        .await?
+        .ok_or(StoreError::Corrupt {
+            id: order_id,
+            reason: "its idempotency key outlived it".into(),
+        })?;
+    Ok(Created::Replayed(original))
 }
 
 pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<Order>, StoreError> {

@@ -19,8 +19,10 @@
 //!   transaction-scoped advisory lock, so only one relay publishes at a time, in `id`
 //!   order; the others wait for the next turn. Within a batch, the idempotent producer
 //!   keeps the order of each partition.
-//! - **Prompt**: the relay wakes on `LISTEN outbox` (the table's insert trigger notifies)
-//!   and polls as a fallback.
+//! - **Prompt, without slowing the writers**: a service wakes its own relay in-process
+//!   after committing outbox rows, and tells the relays of other instances with a
+//!   `NOTIFY outbox` sent outside the business transaction ([`Wake`]); relays also poll
+//!   as a fallback.
 //! - **No stall**: a row Kafka refuses for good is **parked** with its error ([`parked`]):
 //!   rows of other keys go on, later rows of its key wait behind it, an ERROR line counts
 //!   the parked rows, and `outbox parked` / `outbox requeue` list them and put them back
@@ -32,6 +34,7 @@ pub mod inbox;
 pub mod parked;
 mod relay;
 mod row;
+mod wake;
 
 use futures::future::BoxFuture;
 use sqlx::error::BoxDynError;
@@ -40,6 +43,7 @@ use sqlx::migrate::{MigrateError, Migration, MigrationSource, Migrator};
 pub use cleanup::RetentionSettings;
 pub use relay::{Published, Relay, RelayConfig, RelayError};
 pub use row::{enqueue, OutboxRow};
+pub use wake::Wake;
 
 /// The schema of the tables this crate owns (`outbox`, `processed_events`). Versions
 /// start at 10001 so they never meet a service's own (1, 2, …).

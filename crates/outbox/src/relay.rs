@@ -11,6 +11,8 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::Wake;
+
 /// Key of the advisory lock that makes relays take turns.
 const RELAY_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
 
@@ -79,6 +81,8 @@ pub struct Relay {
     pool: PgPool,
     producer: FutureProducer,
     config: RelayConfig,
+    /// Woken in-process by this service after it commits outbox rows.
+    wake: Wake,
 }
 
 impl Relay {
@@ -88,7 +92,15 @@ impl Relay {
             pool,
             producer,
             config,
+            wake: Wake::default(),
         }
+    }
+
+    /// Also wakes when `wake` is woken (the service committed outbox rows), besides
+    /// `NOTIFY outbox` and the poll.
+    pub fn waking_on(mut self, wake: Wake) -> Self {
+        self.wake = wake;
+        self
     }
 
     /// Publishes until `stop` is cancelled. Errors are logged and retried: an outage of
@@ -148,6 +160,7 @@ impl Relay {
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = wake => {}
+                () = self.wake.relay.notified() => {}
                 () = tokio::time::sleep(self.config.poll_interval) => {}
             }
         }

@@ -38,7 +38,8 @@ pub async fn build(config: Config) -> anyhow::Result<Application<OnOrderCreated>
             topics,
             gateway,
             config.gateway_concurrency as usize,
-        ),
+        )
+        .waking(resources.wake.clone()),
         resources,
         shutdown_timeout: config.shutdown_timeout(),
         http: config.http.clone(),

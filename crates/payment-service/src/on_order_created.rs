@@ -42,6 +42,8 @@ pub struct OnOrderCreated {
     /// The gateway's answers not stored yet, by order: a batch tried again after an
     /// outage, or split to find a refused message, does not ask the gateway again.
     pub answered: Mutex<HashMap<Uuid, Charge>>,
+    /// Woken after payments and their events are committed.
+    pub wake: outbox::Wake,
 }
 
 /// More answers than this waiting to be stored means they are not being stored at all:
@@ -56,7 +58,14 @@ impl OnOrderCreated {
             gateway,
             gateway_concurrency,
             answered: Mutex::new(HashMap::new()),
+            wake: outbox::Wake::default(),
         }
+    }
+
+    /// Wakes `wake` (the service's relay) after each commit that queued events.
+    pub fn waking(mut self, wake: outbox::Wake) -> Self {
+        self.wake = wake;
+        self
     }
 }
 
@@ -118,6 +127,9 @@ impl BatchHandler for OnOrderCreated {
             .await
             .map_err(database)?;
         tx.commit().await.map_err(database)?;
+        if !stored.payments.is_empty() {
+            self.wake.wake();
+        }
         self.forget(orders.iter().map(|(_, e)| e.payload.order_id));
         for (index, event) in &orders {
             if !matches!(outcomes[*index], Outcome::Applied) {

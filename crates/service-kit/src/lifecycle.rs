@@ -67,6 +67,8 @@ pub struct Resources {
     pub listener: TcpListener,
     pub pool: PgPool,
     pub producer: FutureProducer,
+    /// Whoever commits outbox rows wakes the relay with it.
+    pub wake: outbox::Wake,
 }
 
 impl Resources {
@@ -99,6 +101,7 @@ impl Resources {
             listener,
             pool,
             producer,
+            wake: outbox::Wake::default(),
         })
     }
 
@@ -154,6 +157,7 @@ impl<H: BatchHandler> Application<H> {
             listener,
             pool,
             producer,
+            wake,
         } = self.resources;
         let health = Health::new(pool.clone(), producer.clone(), self.relay_stuck_after);
         let router = crate::http::instrument(
@@ -163,8 +167,9 @@ impl<H: BatchHandler> Application<H> {
                 .merge(crate::metrics::router(name, pool.clone())),
             &self.http,
         );
-        let relay = Relay::new(pool.clone(), producer, RelayConfig::default());
+        let relay = Relay::new(pool.clone(), producer, RelayConfig::default()).waking_on(wake.clone());
         let relay = tokio::spawn(relay.run(stop.clone()));
+        let notifier = tokio::spawn(wake.notify_others(pool.clone(), stop.clone()));
         let cleanup = tokio::spawn(self.retention.run(pool.clone(), stop.clone()));
         let consuming = tokio::spawn({
             let running =
@@ -172,6 +177,7 @@ impl<H: BatchHandler> Application<H> {
             remind_while_halted(name, running, health, stop.clone())
         });
         let aborts = [
+            notifier.abort_handle(),
             relay.abort_handle(),
             consuming.abort_handle(),
             cleanup.abort_handle(),
@@ -198,6 +204,7 @@ impl<H: BatchHandler> Application<H> {
             let consumed = consuming.await;
             let _ = relay.await;
             let _ = cleanup.await;
+            let _ = notifier.await;
             consumed
         };
         let limit = self.shutdown_timeout;
