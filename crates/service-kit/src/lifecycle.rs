@@ -167,7 +167,8 @@ impl<H: BatchHandler> Application<H> {
                 .merge(crate::metrics::router(name, pool.clone())),
             &self.http,
         );
-        let relay = Relay::new(pool.clone(), producer, RelayConfig::default()).waking_on(wake.clone());
+        let relay =
+            Relay::new(pool.clone(), producer, RelayConfig::default()).waking_on(wake.clone());
         let relay = tokio::spawn(relay.run(stop.clone()));
         let notifier = tokio::spawn(wake.notify_others(pool.clone(), stop.clone()));
         let cleanup = tokio::spawn(self.retention.run(pool.clone(), stop.clone()));
