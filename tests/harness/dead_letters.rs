@@ -20,9 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use wiremock::ResponseTemplate;
 
-use crate::gateway_double::{
-    answer_charges, answer_charges_containing, approved, gateway, payment_service_through,
-};
+use crate::gateway_double::{answer_charges, answer_charges_containing, approved, gateway};
 use crate::helpers::{
     dead_letters, eventually, fresh_database, header_text, key_text, order_created_records,
     payment_config, payment_service, produce_all, records_on, running_payment_service,
@@ -684,7 +682,13 @@ async fn a_dead_letter_replayed_after_the_gateway_recovers_is_paid_once_however_
         // One poison record too: a replay by class must leave it where it is.
         all.push(Record::new("garbage").key("g"));
         produce_all(kafka.client(), &topics.order_created, &all).await;
-        let payments = payment_service_through(&gateway, kafka.bootstrap(), &prefix).await;
+        // The premise, made sure of: the service waits for its first batch to fill, so
+        // all six are in it (taken as they come, two of the failing three could make a
+        // batch of their own, and a batch whose every message fails is an outage).
+        let db = fresh_database().await;
+        let mut config = payment_config(&db, kafka.bootstrap(), &prefix, Some(&gateway.uri()));
+        config.consumer.batch_wait_ms = 1000;
+        let payments = running_payment_service(db, config).await;
 
         let dlt = kafka::dead_letter_topic(&topics.order_created);
         eventually(MINUTES_2, "all four dead-lettered", || async {

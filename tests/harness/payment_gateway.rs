@@ -124,6 +124,52 @@ async fn a_gateway_that_keeps_timing_out_dead_letters_that_order_after_the_confi
 }
 
 #[tokio::test]
+async fn a_lone_order_the_gateway_keeps_failing_is_dead_lettered_not_retried_forever_and_later_orders_are_paid(
+) {
+    within(MINUTES_2, async {
+        let kafka = testkit::kafka::broker().await.expect("kafka");
+        let gateway = gateway().await;
+        let stuck = order_created_records(1);
+        answer_charges_containing(
+            &gateway,
+            &key_text(&stuck[0]),
+            ResponseTemplate::new(503),
+            None,
+        )
+        .await;
+        answer_charges(&gateway, approved()).await;
+        // Low load: the order arrives alone, and nothing keeps it company. Its failure is
+        // its own, not an outage: were it taken for one, the consumer would stall on it.
+        let prefix = topic_prefix();
+        let payments = produced_then_started(&gateway, kafka, &prefix, &stuck).await;
+
+        let letters = dead_letters(kafka.client(), &payments.topics.order_created, 1).await;
+        assert_eq!(key_text(&letters[0]), key_text(&stuck[0]));
+        assert_eq!(header_text(&letters[0], headers::ATTEMPTS), "3");
+        assert_eq!(
+            charges_containing(&gateway, &key_text(&stuck[0]))
+                .await
+                .len(),
+            3
+        );
+
+        let later = order_created_records(3);
+        produce_all(kafka.client(), &payments.topics.order_created, &later).await;
+        eventually(MINUTES_2, "the three later orders are paid", || async {
+            payments.payments_with("COMPLETED").await == 3
+        })
+        .await;
+        let dlt = kafka::dead_letter_topic(&payments.topics.order_created);
+        assert_eq!(
+            records_on(kafka.client(), &dlt).await,
+            1,
+            "only the stuck one"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_charge_the_gateway_refuses_is_dead_lettered_at_once() {
     within(MINUTES_2, async {
         let kafka = testkit::kafka::broker().await.expect("kafka");
@@ -300,11 +346,13 @@ async fn a_gateway_outage_longer_than_the_poll_interval_keeps_the_group_and_char
         config.consumer.max_poll_interval_ms = 6_000;
         let mut payments = running_payment_service(db, config).await;
 
+        // Batches are taken as they come, so the first may hold only some of the five:
+        // the outage has begun once an order has been tried again.
         eventually(MINUTES_2, "the outage has begun", || async {
             charges_per_order(&gateway, &records)
                 .await
                 .iter()
-                .all(|n| *n >= 1)
+                .any(|n| *n >= 2)
         })
         .await;
         tokio::time::sleep(Duration::from_secs(15)).await;

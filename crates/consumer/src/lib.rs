@@ -17,9 +17,12 @@
 //!     payload) goes to `<topic>.DLT` at once, and the messages after it are processed;
 //!   - [`Outcome::Retry`] (a message-specific transient failure, such as a payment
 //!     gateway's 5xx or timeout) is retried with exponential backoff and jitter, up to
-//!     [`RetryPolicy::max_attempts`], then dead-lettered — unless *every* message of the
-//!     batch asked for a retry on its first attempt: a failure shared by all is an
-//!     outage of what they depend on, and is treated as one;
+//!     [`RetryPolicy::max_attempts`], then dead-lettered — unless *every* message of a
+//!     batch of two or more asked for a retry on its first attempt: a failure shared by
+//!     all is an outage of what they depend on, and is treated as one. A message that
+//!     fails alone in its batch waits the first retry pause for company (what arrives
+//!     meanwhile joins the batch and tells the two apart); with none, its failure is its
+//!     own;
 //!   - a [`BatchError::Outage`] (the handler's database or Kafka unreachable) retries the
 //!     whole batch with backoff for as long as it takes. It is never dead-lettered, never
 //!     skipped;

@@ -14,7 +14,7 @@ use futures::{FutureExt, StreamExt};
 use kafka::{KafkaError, Record};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, MessageStream, Rebalance, StreamConsumer,
 };
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
@@ -51,7 +51,8 @@ pub async fn run<H: BatchHandler>(
     // Messages polled while partitions were paused: the next batch starts with them.
     let mut carried = VecDeque::new();
     let result = loop {
-        let Some(batch) = gather(&consumer, &config, &mut carried, &stop, &mut stats).await else {
+        let Some(mut batch) = gather(&consumer, &config, &mut carried, &stop, &mut stats).await
+        else {
             break Ok(());
         };
         let span = tracing::info_span!(
@@ -65,7 +66,8 @@ pub async fn run<H: BatchHandler>(
         let started = Instant::now();
         record_consumed(&config.group_id, &batch);
         let work = process(
-            &batch,
+            &consumer,
+            &mut batch,
             &handler,
             &mut dead_letters,
             &config,
@@ -224,17 +226,7 @@ async fn gather(
             }
         }
     }
-    // What librdkafka has already fetched: no waiting.
-    while batch.len() < config.batch_size {
-        match stream.next().now_or_never() {
-            Some(Some(Ok(message))) => batch.push(Record::from_message(&message)),
-            Some(Some(Err(e))) => {
-                stats.consumer_errors += 1;
-                tracing::debug!(error = %e, "consumer error");
-            }
-            Some(None) | None => break,
-        }
-    }
+    take_ready(&mut stream, &mut batch, config.batch_size, stats);
     let deadline = Instant::now() + config.batch_wait;
     while batch.len() < config.batch_size && !config.batch_wait.is_zero() {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -248,6 +240,56 @@ async fn gather(
         }
     }
     Some(batch)
+}
+
+/// Adds to `batch`, up to `limit`, what librdkafka has already fetched, without waiting.
+fn take_ready(
+    stream: &mut MessageStream<'_, Membership>,
+    batch: &mut Vec<Record>,
+    limit: usize,
+    stats: &mut Stats,
+) {
+    while batch.len() < limit {
+        match stream.next().now_or_never() {
+            Some(Some(Ok(message))) => batch.push(Record::from_message(&message)),
+            Some(Some(Err(e))) => {
+                stats.consumer_errors += 1;
+                tracing::debug!(error = %e, "consumer error");
+            }
+            Some(None) | None => break,
+        }
+    }
+}
+
+/// Company for a message that failed transiently on its own: waits up to `wait` for at
+/// least one more message, then takes what is ready, and appends them to `batch` (after
+/// it, so the order within each partition holds). Returns whether any came; `None` if
+/// `stop` came first.
+async fn top_up(
+    consumer: &Kafka,
+    config: &ConsumerConfig,
+    batch: &mut Vec<Record>,
+    wait: Duration,
+    stop: &CancellationToken,
+    stats: &mut Stats,
+) -> Option<bool> {
+    let before = batch.len();
+    let mut stream = consumer.stream();
+    let next = tokio::select! {
+        () = stop.cancelled() => return None,
+        next = tokio::time::timeout(wait, stream.next()) => next,
+    };
+    match next {
+        Ok(Some(Ok(message))) => batch.push(Record::from_message(&message)),
+        Ok(Some(Err(e))) => {
+            stats.consumer_errors += 1;
+            tracing::debug!(error = %e, "consumer error");
+        }
+        Ok(None) | Err(_) => {}
+    }
+    take_ready(&mut stream, batch, config.batch_size, stats);
+    record_consumed(&config.group_id, &batch[before..]);
+    Some(batch.len() > before)
 }
 
 /// Runs `work` to its end. If it takes longer than [`KEEP_MEMBERSHIP_AFTER`], the
@@ -307,8 +349,10 @@ fn resume(consumer: &Kafka) {
 
 /// Applies a batch and dead-letters what failed. `Ok(true)` when every message is
 /// settled and the offsets may be stored; `Ok(false)` if `stop` came first.
+///
 async fn process<H: BatchHandler>(
-    batch: &[Record],
+    consumer: &Kafka,
+    batch: &mut Vec<Record>,
     handler: &H,
     dead_letters: &mut DeadLetterPolicy,
     config: &ConsumerConfig,
@@ -317,9 +361,10 @@ async fn process<H: BatchHandler>(
 ) -> Result<bool, ConsumerError> {
     let retried_before = stats.retried.values().sum::<u64>();
     let group = config.group_id.as_str();
-    let Some(dead) = apply(group, handler, batch, &config.retry, stop, stats).await else {
+    let Some(dead) = apply(consumer, config, handler, batch, stop, stats).await else {
         return Ok(false);
     };
+    let batch = &batch[..];
     if let Err(tripped) = dead_letters.admit(batch.len(), &dead) {
         let last = dead.last().map(|d| d.failure.clone()).unwrap_or_default();
         let error = ConsumerError::DeadLetterLimit {
@@ -383,15 +428,24 @@ async fn process<H: BatchHandler>(
 /// - an [`Outcome::Retry`] of some messages while others went through (this message's
 ///   charge failed, say) retries only the messages that asked for it, up to
 ///   `max_attempts`, then dead-letters them.
+///
+/// A batch of one message that fails transiently says nothing about which of the two it
+/// is. Instead of the first pause, the runner then waits that long for company: if more
+/// messages come, they join the batch and the round is tried again, so that the others
+/// tell an outage (they fail too) from that message's own failure (they go through).
+/// With no company at all, it is that message's own failure: retried, then
+/// dead-lettered — never a consumer stalled on one message.
 async fn apply<H: BatchHandler>(
-    group: &str,
+    consumer: &Kafka,
+    config: &ConsumerConfig,
     handler: &H,
-    batch: &[Record],
-    retry: &RetryPolicy,
+    batch: &mut Vec<Record>,
     stop: &CancellationToken,
     stats: &mut Stats,
 ) -> Option<Vec<DeadLetter>> {
+    let (group, retry) = (config.group_id.as_str(), &config.retry);
     let mut pauses = retry.pauses();
+    let mut company_sought = false;
     let mut dead = Vec::new();
     let mut first_failure = HashMap::new();
     // The indices still to apply; all of them in the first round.
@@ -404,6 +458,18 @@ async fn apply<H: BatchHandler>(
             let subset: Vec<Record> = pending.iter().map(|&i| batch[i].clone()).collect();
             attempt_all(handler, &subset, attempt, retry, stop, stats).await?
         };
+        // Paused already, waiting for company that did not come.
+        let mut paused = false;
+        if !company_sought && batch.len() == 1 && matches!(outcomes[0], Outcome::Retry(_)) {
+            company_sought = true;
+            let wait = pauses.next_delay();
+            if top_up(consumer, config, batch, wait, stop, stats).await? {
+                tracing::debug!(size = batch.len(), "a lone message failed; company came");
+                pending = (0..batch.len()).collect();
+                continue;
+            }
+            paused = true;
+        }
         let now = Utc::now();
         let mut again = Vec::new();
         for (&index, outcome) in pending.iter().zip(outcomes) {
@@ -446,7 +512,7 @@ async fn apply<H: BatchHandler>(
             dead.sort_by_key(|d| d.index);
             return Some(dead);
         }
-        if !pauses.pause(stop).await {
+        if !paused && !pauses.pause(stop).await {
             return None;
         }
         pending = again;
@@ -513,8 +579,9 @@ async fn attempt_all<H: BatchHandler>(
 }
 
 /// One attempt at `messages`, repeated with backoff while the handler reports an outage —
-/// or, on the first round, while every message asks for a retry: a failure that all of
-/// them share is an outage of what they depend on. `Err` carries the failure of a batch
+/// or, on the first round, while every one of two or more messages asks for a retry: a
+/// failure that all of them share is an outage of what they depend on (one message alone
+/// is no such evidence). `Err` carries the failure of a batch
 /// the handler refused. An attempt in flight is never cut off (it may be committing);
 /// `stop` only interrupts the pause between attempts, and then `None` is returned.
 async fn attempt_through_outages<H: BatchHandler>(
@@ -540,7 +607,9 @@ async fn attempt_through_outages<H: BatchHandler>(
                     );
                     outcomes.resize(messages.len(), Outcome::Applied);
                 }
-                let shared = round == 1 && outcomes.iter().all(|o| matches!(o, Outcome::Retry(_)));
+                let shared = round == 1
+                    && outcomes.len() > 1
+                    && outcomes.iter().all(|o| matches!(o, Outcome::Retry(_)));
                 match outcomes.first() {
                     Some(Outcome::Retry(failure)) if shared => format!(
                         "every message of the batch failed: {}: {}",

@@ -52,6 +52,13 @@ pub struct ConsumerSettings {
     #[arg(long, env = "CONSUMER_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
 
+    /// How long a consumer waits for a batch to fill once it has a first message and has
+    /// taken what was ready, in milliseconds. 0 (the default) waits for nothing: at low
+    /// load a message goes on at once, and under load batches grow by themselves while
+    /// the previous one is applied.
+    #[arg(long, env = "CONSUMER_BATCH_WAIT_MS", default_value_t = 0)]
+    pub batch_wait_ms: u64,
+
     /// How often processed offsets are committed to Kafka, in milliseconds. A crash loses
     /// at most this much of commits; what it loses is redelivered and recognised.
     #[arg(long, env = "CONSUMER_COMMIT_INTERVAL_MS", default_value_t = 1000)]
@@ -118,6 +125,7 @@ impl ConsumerSettings {
         let mut config = ConsumerConfig::new(bootstrap, group_id, topics);
         config.service = service.to_owned();
         config.batch_size = self.batch_size;
+        config.batch_wait = Duration::from_millis(self.batch_wait_ms);
         config.commit_interval = Duration::from_millis(self.commit_interval_ms);
         config.max_poll_interval = Duration::from_millis(self.max_poll_interval_ms);
         config.retry = RetryPolicy {
