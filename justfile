@@ -104,7 +104,7 @@ chaos *ARGS:
 latency *RATES:
     {{infra_env}}; scripts/latency.sh {{RATES}}
 
-# Run the criterion benchmarks (reports in target/criterion); `just bench payment_consumer` runs one
+# The benchmarks (consumer, order_path, end_to_end, kafka_produce), then target/bench-summary.md; `just bench consumer` runs one
 [group('test')]
 bench *NAMES:
-    {{infra_env}}; set -- {{NAMES}}; if [ $# -eq 0 ]; then cargo bench -p order-platform; else for name in "$@"; do cargo bench -p order-platform --bench "$name"; done; fi; scripts/leftovers.sh
+    {{infra_env}}; rc=0; scripts/bench.sh {{NAMES}} || rc=$?; scripts/leftovers.sh || rc=1; exit $rc

@@ -283,12 +283,16 @@ async fn a_gateway_down_for_everyone_is_an_outage_nothing_is_dead_lettered_and_a
         let mut payments = produced_then_started(&gateway, kafka, &prefix, &records).await;
 
         // Down for everyone, for longer than the configured attempts take (3 tries,
-        // pauses of 50 ms to 1 s): nothing goes to the dead-letter topic.
-        eventually(MINUTES_2, "every order tried several times", || async {
+        // pauses of 50 ms to 1 s): nothing goes to the dead-letter topic. (Batches are
+        // taken as they come, so the first may hold only some of the eight; the outage
+        // holds the rest back.)
+        eventually(MINUTES_2, "orders tried beyond their attempts", || async {
             charges_per_order(&gateway, &records)
                 .await
                 .iter()
-                .all(|n| *n >= 4)
+                .filter(|n| **n >= 4)
+                .count()
+                >= 2
         })
         .await;
         let dlt = kafka::dead_letter_topic(&payments.topics.order_created);
