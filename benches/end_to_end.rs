@@ -35,6 +35,82 @@ const HIGHEST_TRIED: u32 = 10_000;
 /// count as sustained.
 const DRAIN_ALLOWED: Duration = Duration::from_secs(2);
 
+/// CPU seconds spent so far, by what spent them: this process (both services and the
+/// load generator), PostgreSQL's processes, Kafka's (the JVM), and the whole machine
+/// (busy, from `/proc/stat`). Read from `/proc`, so Linux only; zeros elsewhere.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    this: f64,
+    postgres: f64,
+    kafka: f64,
+    machine_busy: f64,
+}
+
+impl Cpu {
+    /// Clock ticks per second of `/proc`'s counters (`USER_HZ`, 100 on Linux).
+    const TICKS: f64 = 100.0;
+
+    fn now() -> Self {
+        let mut cpu = Self::default();
+        let me = std::process::id().to_string();
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let pid = entry.file_name().to_string_lossy().into_owned();
+                if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                    continue;
+                }
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    continue;
+                };
+                // `pid (comm) state …`: the name may hold spaces, so split after `)`.
+                let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                    continue;
+                };
+                let comm = &stat[open + 1..close];
+                let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+                let ticks = |i: usize| {
+                    fields
+                        .get(i)
+                        .and_then(|f| f.parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                };
+                // utime and stime are fields 14 and 15, i.e. 11 and 12 after the name.
+                let seconds = (ticks(11) + ticks(12)) / Self::TICKS;
+                if pid == me {
+                    cpu.this += seconds;
+                } else if comm == "postgres" {
+                    cpu.postgres += seconds;
+                } else if comm == "java" {
+                    cpu.kafka += seconds;
+                }
+            }
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
+            if let Some(line) = stat.lines().next() {
+                let v: Vec<f64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|f| f.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal: busy is all but idle, iowait.
+                if v.len() >= 8 {
+                    cpu.machine_busy = (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / Self::TICKS;
+                }
+            }
+        }
+        cpu
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            this: self.this - before.this,
+            postgres: self.postgres - before.postgres,
+            kafka: self.kafka - before.kafka,
+            machine_busy: self.machine_busy - before.machine_busy,
+        }
+    }
+}
+
 /// One rate's result.
 struct RateRun {
     rate: u32,
@@ -44,6 +120,9 @@ struct RateRun {
     settled_after_load: Duration,
     all_settled: bool,
     latency_us: Histogram<u64>,
+    /// From the first order posted until all were settled.
+    cpu: Cpu,
+    wall: Duration,
 }
 
 impl RateRun {
@@ -67,6 +146,21 @@ impl RateRun {
             self.latency_us.max() as f64 / 1000.0,
             self.settled_after_load.as_secs_f64(),
             if self.sustained() { "yes" } else { "**no**" },
+        )
+    }
+
+    /// CPU seconds per 1,000 orders by what spent them, and how busy the machine was.
+    fn cpu_row(&self) -> String {
+        let per_1000 = |s: f64| 1000.0 * s / self.posted.max(1) as f64;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        format!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} % |\n",
+            self.rate,
+            per_1000(self.cpu.this),
+            per_1000(self.cpu.postgres),
+            per_1000(self.cpu.kafka),
+            per_1000(self.cpu.machine_busy),
+            100.0 * self.cpu.machine_busy / (cores * self.wall.as_secs_f64()),
         )
     }
 }
@@ -148,6 +242,7 @@ async fn run_rate(orders: &TestDatabase, url: &str, rate: u32, seconds: u64) -> 
         run_id: unique_name("e2e"),
     };
     eprintln!("end_to_end: {rate} orders/s for {seconds} s…");
+    let (cpu_before, started) = (Cpu::now(), Instant::now());
     let requests = loadgen::run(
         &config,
         Arc::new(Progress::default()),
@@ -177,6 +272,7 @@ async fn run_rate(orders: &TestDatabase, url: &str, rate: u32, seconds: u64) -> 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let settled_after_load = load_ended.elapsed();
+    let (cpu, wall) = (Cpu::now().since(cpu_before), started.elapsed());
     let latencies: Vec<f64> = sqlx::query_scalar(
         "SELECT EXTRACT(EPOCH FROM paid_at - created_at)::float8 FROM orders
           WHERE id = ANY($1) AND status = 'PAID'",
@@ -197,6 +293,8 @@ async fn run_rate(orders: &TestDatabase, url: &str, rate: u32, seconds: u64) -> 
         settled_after_load,
         all_settled,
         latency_us,
+        cpu,
+        wall,
     }
 }
 
@@ -289,6 +387,14 @@ fn main() {
     );
     for run in &runs {
         out += &run.row();
+    }
+    out += "\nWhere the CPU goes: seconds per 1,000 orders, from the first order posted until \
+            all were settled (this process is both services and the load generator), and how \
+            busy the machine's cores were meanwhile.\n\n\
+            | rate (orders/s) | services + load generator | PostgreSQL | Kafka | whole machine | machine busy |\n\
+            |---:|---:|---:|---:|---:|---:|\n";
+    for run in &runs {
+        out += &run.cpu_row();
     }
     out += &format!(
         "\nHighest sustained rate tried: **{}** orders/s (steps of {STEP}). Peak memory of \

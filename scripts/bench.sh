@@ -18,6 +18,8 @@ for name in "$@"; do
 done
 
 started=$SECONDS
+# Everything compiled first, so no build runs beside a measurement.
+cargo bench -p order-platform --no-run $(printf -- '--bench %s ' "$@")
 for name in "$@"; do
   echo "=== bench $name ($(( SECONDS - started )) s so far)" >&2
   rm -f "$target/bench-summary/$name.md"
