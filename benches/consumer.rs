@@ -36,7 +36,7 @@ use payment_service::gateway::{Gateway, Simulated};
 use payment_service::on_order_created::OnOrderCreated;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::Message;
-use support::{number, ratio, Figures, Meter};
+use support::{number, ratio, Figures, Meter, Running};
 use testkit::postgres::PostgresServer;
 use testkit::{kafka::Kafka, unique_name, Record, TestDatabase};
 
@@ -78,12 +78,7 @@ impl BatchHandler for NoOp {
 
 impl Bench {
     async fn start() -> Self {
-        let kafka = testkit::kafka::broker()
-            .await
-            .expect("kafka")
-            .client()
-            .clone();
-        let postgres = PostgresServer::durable().await.expect("durable PostgreSQL");
+        let (kafka, postgres) = support::servers().await;
         let topics = Topics::with_prefix(&format!("{}.", unique_name("bench")));
         kafka
             .create_topic(&topics.order_created, 6, 1)
@@ -206,11 +201,7 @@ impl Bench {
         let prefix = self.topics.order_created.trim_end_matches("order.created");
         let mut config = payment_service::Config::for_test(&db.url, self.kafka.bootstrap(), prefix);
         config.consumer_group = unique_name("bench-service");
-        let app = payment_service::build(config).await.expect("build");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(app.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
+        let running = Running::start(payment_service::build(config).await.expect("build"));
         let deadline = Instant::now() + LIMIT;
         while payments(&db).await == 0 {
             assert!(Instant::now() < deadline, "no payment within {LIMIT:?}");
@@ -225,11 +216,7 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let elapsed = first.elapsed();
-        let _ = stop.send(());
-        running
-            .await
-            .expect("service task")
-            .expect("service stopped cleanly");
+        running.stop().await;
         assert_eq!(payments(&db).await, EVENTS as i64, "one payment per event");
         elapsed
     }

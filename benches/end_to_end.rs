@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use loadgen::{LoadConfig, Outcome, Progress};
-use testkit::postgres::PostgresServer;
 use testkit::{unique_name, TestDatabase};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -321,12 +320,7 @@ fn main() {
         .build()
         .expect("runtime");
     let (kafka, postgres, order_db, payment_db) = runtime.block_on(async {
-        let kafka = testkit::kafka::broker()
-            .await
-            .expect("kafka")
-            .client()
-            .clone();
-        let postgres = PostgresServer::durable().await.expect("durable PostgreSQL");
+        let (kafka, postgres) = support::servers().await;
         let order_db = postgres.fresh_database().await.expect("database");
         let payment_db = postgres.fresh_database().await.expect("database");
         (kafka, postgres, order_db, payment_db)

@@ -11,15 +11,13 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use events::{Amount, Currency, Topics};
 use order_service::domain::NewOrder;
 use order_service::store::{create_order, Created};
-use support::{number, ratio, Figures};
+use support::{number, ratio, Figures, Running};
 use testkit::postgres::PostgresServer;
 use testkit::{unique_name, TestDatabase};
 
@@ -51,36 +49,20 @@ impl Bench {
             .expect("pool");
         let topics = Topics::with_prefix(&format!("{}.", unique_name("bench")));
         let run = unique_name("tx");
-        let next = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
-        let workers: Vec<_> = (0..CONCURRENCY)
-            .map(|_| {
-                let (pool, topics, next, run) =
-                    (pool.clone(), topics.clone(), next.clone(), run.clone());
-                tokio::spawn(async move {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= ORDERS {
-                            break;
-                        }
-                        let new = NewOrder {
-                            amount: Amount::new(rust_decimal::Decimal::new(22_222, 2))
-                                .expect("amount"),
-                            currency: Currency::USD,
-                        };
-                        let key = format!("{run}-{i}");
-                        let created = create_order(&pool, &topics, &new, Some(&key), None)
-                            .await
-                            .expect("order stored");
-                        assert!(matches!(created, Created::New(_)));
-                    }
-                })
-            })
-            .collect();
-        for worker in workers {
-            worker.await.expect("worker");
-        }
-        let elapsed = started.elapsed();
+        let elapsed = support::concurrently(CONCURRENCY, ORDERS, move |i| {
+            let (pool, topics, key) = (pool.clone(), topics.clone(), format!("{run}-{i}"));
+            async move {
+                let new = NewOrder {
+                    amount: Amount::new(rust_decimal::Decimal::new(22_222, 2)).expect("amount"),
+                    currency: Currency::USD,
+                };
+                let created = create_order(&pool, &topics, &new, Some(&key), None)
+                    .await
+                    .expect("order stored");
+                assert!(matches!(created, Created::New(_)));
+            }
+        })
+        .await;
         assert_eq!(count(&db, "orders").await, ORDERS as i64);
         assert_eq!(
             count(&db, "outbox").await,
@@ -98,50 +80,29 @@ impl Bench {
         config.consumer_group = unique_name("bench-order");
         let app = order_service::build(config).await.expect("build");
         let url = format!("http://127.0.0.1:{}/orders", app.port());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(app.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
+        let running = Running::start(app);
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(CONCURRENCY)
             .timeout(Duration::from_secs(30))
             .build()
             .expect("client");
         let run = unique_name("post");
-        let next = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
-        let workers: Vec<_> = (0..CONCURRENCY)
-            .map(|_| {
-                let (client, url, next, run) =
-                    (client.clone(), url.clone(), next.clone(), run.clone());
-                tokio::spawn(async move {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= ORDERS {
-                            break;
-                        }
-                        let response = client
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .header("idempotency-key", format!("{run}-{i}"))
-                            .body(r#"{"amount": 222.22, "currency": "EUR"}"#)
-                            .send()
-                            .await
-                            .expect("answered");
-                        assert_eq!(response.status().as_u16(), 201);
-                    }
-                })
-            })
-            .collect();
-        for worker in workers {
-            worker.await.expect("worker");
-        }
-        let elapsed = started.elapsed();
-        let _ = stop.send(());
-        running
-            .await
-            .expect("service task")
-            .expect("service stopped cleanly");
+        let elapsed = support::concurrently(CONCURRENCY, ORDERS, move |i| {
+            let (client, url, key) = (client.clone(), url.clone(), format!("{run}-{i}"));
+            async move {
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", key)
+                    .body(r#"{"amount": 222.22, "currency": "EUR"}"#)
+                    .send()
+                    .await
+                    .expect("answered");
+                assert_eq!(response.status().as_u16(), 201);
+            }
+        })
+        .await;
+        running.stop().await;
         assert_eq!(count(&db, "orders").await, ORDERS as i64);
         elapsed
     }
@@ -158,13 +119,10 @@ async fn count(db: &TestDatabase, table: &str) -> i64 {
 fn order_path(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let bench = runtime.block_on(async {
+        let (kafka, postgres) = support::servers().await;
         Bench {
-            kafka: testkit::kafka::broker()
-                .await
-                .expect("kafka")
-                .client()
-                .clone(),
-            postgres: PostgresServer::durable().await.expect("durable PostgreSQL"),
+            kafka,
+            postgres,
             figures: Figures::default(),
         }
     });

@@ -10,9 +10,76 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use events::{Currency, OrderCreated};
-use testkit::Record;
+use testkit::postgres::PostgresServer;
+use testkit::{kafka::Kafka, Record};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// The servers every benchmark runs on: the test kit's single broker, and a PostgreSQL
+/// with durability on (`fsync` and synchronous commit), as in production.
+pub async fn servers() -> (Kafka, PostgresServer) {
+    let kafka = testkit::kafka::broker()
+        .await
+        .expect("kafka")
+        .client()
+        .clone();
+    let postgres = PostgresServer::durable().await.expect("durable PostgreSQL");
+    (kafka, postgres)
+}
+
+/// A service running on the current runtime until [`Running::stop`].
+pub struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<consumer::Stats>>,
+}
+
+impl Running {
+    pub fn start<H: consumer::BatchHandler>(app: service_kit::Application<H>) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    /// Stops it and waits; panics if it did not stop cleanly.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("service task")
+            .expect("service stopped cleanly");
+    }
+}
+
+/// Runs `work(i)` for every `i` below `total`, `concurrency` at a time (each task takes
+/// the next `i`); returns how long it took.
+pub async fn concurrently<F, Fut>(concurrency: usize, total: usize, work: F) -> Duration
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let next = std::sync::Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (next, work) = (next.clone(), work.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= total {
+                        break;
+                    }
+                    work(i).await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    started.elapsed()
+}
 
 /// `count` valid `order.created` events, keyed by order, with varied amounts.
 pub fn order_created(count: usize) -> Vec<Record> {
@@ -128,7 +195,7 @@ pub fn number(value: f64) -> String {
         let text = whole.to_string();
         let mut out = String::new();
         for (i, c) in text.chars().enumerate() {
-            if i > 0 && (text.len() - i) % 3 == 0 {
+            if i > 0 && (text.len() - i).is_multiple_of(3) {
                 out.push(' ');
             }
             out.push(c);
