@@ -350,8 +350,10 @@ fn main() {
     let url = format!("http://127.0.0.1:{order_port}");
 
     let runs = runtime.block_on(async {
-        // One order through first, so the consumer groups have joined before any timing.
-        run_rate(&order_db, &url, 5, 2).await;
+        // A warm-up, not reported: the consumer groups join, and Kafka's JVM compiles its
+        // hot paths (right after the broker starts, that alone takes most of a core).
+        run_rate(&order_db, &url, 300, 15).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
         let mut runs = Vec::new();
         for rate in FIXED_RATES {
             runs.push(run_rate(&order_db, &url, rate, seconds).await);

@@ -123,6 +123,11 @@ impl Relay {
         let mut reminded = Instant::now();
         let mut parked_seen = self.remind_parked().await;
         while !stop.is_cancelled() {
+            // Notifications already here are about rows this batch will see: one batch
+            // answers them all, instead of one (mostly empty) batch each.
+            if let Some(listener) = listener.as_mut() {
+                while listener.next_buffered().is_some() {}
+            }
             let outcome = self.publish_batch().await;
             let parked_now = matches!(&outcome, Ok(p) if p.parked > 0);
             if parked_now || (parked_seen && reminded.elapsed() >= self.config.parked_reminder) {

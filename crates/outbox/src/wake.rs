@@ -5,7 +5,8 @@
 //! a service calls [`Wake::wake`] after committing rows to the outbox: its own relay
 //! wakes at once, in-process, and one `NOTIFY outbox` is sent for the relays of other
 //! instances from a transaction of its own that writes nothing (so it flushes no WAL).
-//! Wakes that come while a notification is being sent are folded into the next one.
+//! Wakes that come while a notification is being sent, or within `NOTIFY_GAP` (5 ms) of the
+//! last one, are folded into the next one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Bound on sending one notification.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Least time between two notifications: wakes meanwhile are folded into the next one, so
+/// a busy instance sends at most 200 a second (the other relays poll as well).
+const NOTIFY_GAP: Duration = Duration::from_millis(5);
 
 /// Cheap to clone; every clone wakes the same relay and notifier.
 #[derive(Clone, Default)]
@@ -47,6 +52,10 @@ impl Wake {
                 // The other relays poll as well: a lost notification delays, never loses.
                 Ok(Err(e)) => tracing::debug!(error = %e, "NOTIFY outbox failed"),
                 Err(_) => tracing::debug!("NOTIFY outbox timed out"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(NOTIFY_GAP) => {}
             }
         }
     }
