@@ -64,9 +64,12 @@ for _ in $(seq 1 150); do
 done
 [[ "$status" == PAID ]] || fail "order $id is $status, not PAID, after 30 s"
 log "order $id: PAID"
-curl -sf --max-time 5 "$order/metrics" | grep -q '^http_requests_total{.*route="/orders".*status="201"' ||
+# The whole page first: `curl | grep -q` fails under pipefail when grep stops reading early.
+order_metrics=$(curl -sf --max-time 5 "$order/metrics") || fail "order-service /metrics"
+grep -q '^http_requests_total{.*route="/orders".*status="201"' <<<"$order_metrics" ||
   fail "order-service /metrics does not count the POST"
-curl -sf --max-time 5 "$payment/metrics" | grep -q '^consumer_applied_total{' ||
+payment_metrics=$(curl -sf --max-time 5 "$payment/metrics") || fail "payment-service /metrics"
+grep -q '^consumer_applied_total{' <<<"$payment_metrics" ||
   fail "payment-service /metrics does not count the event"
 for service in order-service payment-service; do
   uid=$(compose exec -T "$service" id -u | tr -d '\r')

@@ -74,6 +74,7 @@ fn spawn_service(
     bootstrap: &str,
     prefix: &str,
     commit_ms: u64,
+    batch_wait_ms: u64,
     gateway: Option<&str>,
 ) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_payment-service"));
@@ -88,6 +89,7 @@ fn spawn_service(
         .env("TOPIC_PREFIX", prefix)
         .env("PAYMENT_CONSUMER_GROUP", format!("{prefix}payment-service"))
         .env("CONSUMER_COMMIT_INTERVAL_MS", commit_ms.to_string())
+        .env("CONSUMER_BATCH_WAIT_MS", batch_wait_ms.to_string())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -122,7 +124,7 @@ async fn killed_between_database_commit_and_offset_commit_it_pays_each_order_onc
         } = orders_waiting("crash", ORDERS).await;
         let client = broker.client();
         let group = format!("{prefix}payment-service");
-        let mut first = spawn_service(&db, broker.bootstrap(), &prefix, 60_000, None);
+        let mut first = spawn_service(&db, broker.bootstrap(), &prefix, 60_000, 0, None);
         eventually(
             Duration::from_secs(120),
             "every order paid in the database",
@@ -140,7 +142,7 @@ async fn killed_between_database_commit_and_offset_commit_it_pays_each_order_onc
             "the kill lands after the database commit and before any offset commit"
         );
 
-        let mut second = spawn_service(&db, broker.bootstrap(), &prefix, 1000, None);
+        let mut second = spawn_service(&db, broker.bootstrap(), &prefix, 1000, 0, None);
         eventually(
             Duration::from_secs(120),
             "the redelivered batch consumed",
@@ -203,7 +205,9 @@ async fn killed_after_the_gateway_charged_and_before_the_database_commit_it_char
         let requests = || async { gateway.received_requests().await.unwrap_or_default() };
 
         let uri = gateway.uri();
-        let mut first = spawn_service(&db, broker.bootstrap(), &prefix, 1000, Some(&uri));
+        // The premise, made sure of: all twenty in the first batch (the service waits a
+        // second for it to fill), so none is committed before the kill.
+        let mut first = spawn_service(&db, broker.bootstrap(), &prefix, 1000, 1000, Some(&uri));
         eventually(
             Duration::from_secs(120),
             "every order charged at the gateway",
@@ -218,7 +222,7 @@ async fn killed_after_the_gateway_charged_and_before_the_database_commit_it_char
             "the kill lands after the charges and before the database commit"
         );
 
-        let mut second = spawn_service(&db, broker.bootstrap(), &prefix, 1000, Some(&uri));
+        let mut second = spawn_service(&db, broker.bootstrap(), &prefix, 1000, 0, Some(&uri));
         eventually(
             Duration::from_secs(120),
             "every order paid after the restart",
