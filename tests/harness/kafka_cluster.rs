@@ -12,12 +12,13 @@ use crate::helpers::{within, MINUTES_2, MINUTES_5};
 const PARTITIONS: i32 = 3;
 
 /// Writes `count` records with `acks=all` and idempotence on; every one must be
-/// acknowledged. A write may wait up to 2 minutes: while a broker is frozen, leadership
-/// and the in-sync set move only once the controller has fenced it.
+/// acknowledged. A write may wait up to 200 s: while a broker is frozen, leadership
+/// and the in-sync set move only once the controller has fenced it, and with the rest of
+/// the suite on the same two cores that once took longer than 2 minutes.
 async fn write(kafka: &Kafka, topic: &str, label: &str, count: usize) -> Vec<String> {
     let producer: FutureProducer = kafka
         .producer_config()
-        .set("message.timeout.ms", "120000")
+        .set("message.timeout.ms", "200000")
         .create()
         .expect("producer");
     let mut sent = Vec::with_capacity(count);
