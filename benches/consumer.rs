@@ -61,7 +61,7 @@ struct Counting<H> {
 }
 
 impl<H: BatchHandler> BatchHandler for Counting<H> {
-    async fn handle(&self, batch: &[Record]) -> Result<Vec<Outcome>, BatchError> {
+    async fn handle(&self, batch: &[consumer::Message]) -> Result<Vec<Outcome>, BatchError> {
         let outcomes = self.inner.handle(batch).await?;
         self.meter.add(outcomes.len());
         Ok(outcomes)
@@ -71,7 +71,7 @@ impl<H: BatchHandler> BatchHandler for Counting<H> {
 struct NoOp;
 
 impl BatchHandler for NoOp {
-    async fn handle(&self, batch: &[Record]) -> Result<Vec<Outcome>, BatchError> {
+    async fn handle(&self, batch: &[consumer::Message]) -> Result<Vec<Outcome>, BatchError> {
         Ok(vec![Outcome::Applied; batch.len()])
     }
 }
@@ -225,14 +225,16 @@ impl Bench {
     async fn sql_ceiling(&self) -> Duration {
         let db = self.payment_database().await;
         let handler = self.handler(&db);
-        let records: Vec<Record> = self
+        let records: Vec<consumer::Message> = self
             .records
             .iter()
             .enumerate()
-            .map(|(i, r)| Record {
-                topic: self.topics.order_created.clone(),
-                offset: i as i64,
-                ..r.clone()
+            .map(|(i, r)| {
+                consumer::Message::new(Record {
+                    topic: self.topics.order_created.clone(),
+                    offset: i as i64,
+                    ..r.clone()
+                })
             })
             .collect();
         let started = Instant::now();

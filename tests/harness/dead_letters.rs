@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use consumer::{BatchHandler, ConsumerConfig, DeadLetterLimit, DeadLetterPolicy, Outcome, Record};
+use consumer::{
+    BatchHandler, ConsumerConfig, DeadLetterLimit, DeadLetterPolicy, Message, Outcome, Record,
+};
 use events::{Currency, OrderCreated, Topics};
 use kafka::dead_letter::headers;
 use payment_service::gateway::{Gateway, Simulated};
@@ -170,7 +172,7 @@ struct Recording {
 }
 
 impl BatchHandler for Recording {
-    async fn handle(&self, batch: &[Record]) -> Result<Vec<Outcome>, consumer::BatchError> {
+    async fn handle(&self, batch: &[Message]) -> Result<Vec<Outcome>, consumer::BatchError> {
         let outcomes = self.inner.handle(batch).await?;
         let mut applied = self.applied.lock().expect("lock");
         for (message, outcome) in batch.iter().zip(&outcomes) {
@@ -795,9 +797,9 @@ struct Notes {
 }
 
 impl BatchHandler for Notes {
-    async fn handle(&self, batch: &[Record]) -> Result<Vec<Outcome>, consumer::BatchError> {
+    async fn handle(&self, batch: &[Message]) -> Result<Vec<Outcome>, consumer::BatchError> {
         let offsets: Vec<i64> = batch.iter().map(|r| r.offset).collect();
-        let texts: Vec<String> = batch.iter().map(Record::payload_text).collect();
+        let texts: Vec<String> = batch.iter().map(|m| m.payload_text()).collect();
         sqlx::query(
             "INSERT INTO notes (source_offset, body)
              SELECT * FROM unnest($1::bigint[], $2::text[])",

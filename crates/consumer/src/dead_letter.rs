@@ -14,9 +14,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use kafka::dead_letter::headers;
 use kafka::{dead_letter_topic, Fault, KafkaError, Record};
 use rdkafka::producer::{FutureProducer, Producer};
-use tokio_util::sync::CancellationToken;
 
-use crate::{ConsumerConfig, ConsumerError, Failure};
+use crate::{ConsumerConfig, ConsumerError, Failure, Message};
 
 /// A message of a batch that is to be dead-lettered, and why.
 #[derive(Debug, Clone)]
@@ -103,81 +102,68 @@ impl DeadLetterPolicy {
         self.guard.admit(&verdicts)
     }
 
-    /// Writes the dead letters of `batch` and waits for their acknowledgement, retrying
-    /// as long as it takes: an unreachable broker is an outage, not a reason to lose a
-    /// message. Returns `Ok(false)` only if `stop` was cancelled first; nothing is then
-    /// known to be written for sure, and the batch's offsets must not be stored. A dead
-    /// letter Kafka refuses for good (too large, no such topic, not authorized) is an
-    /// error: retrying would stall the partition forever, quietly.
-    pub(crate) async fn write(
+    /// Writes the dead letters `pending` of `batch` and waits for their acknowledgement;
+    /// returns those Kafka did not acknowledge (unreachable, say), to be tried again after
+    /// a pause. A dead letter Kafka refuses for good (too large, no such topic, not
+    /// authorized) is an error: retrying would stall the partition forever, quietly.
+    pub(crate) async fn write<'d>(
         &mut self,
-        batch: &[Record],
-        dead: &[DeadLetter],
+        batch: &[Message],
+        pending: &[&'d DeadLetter],
         config: &ConsumerConfig,
-        stop: &CancellationToken,
-    ) -> Result<bool, ConsumerError> {
-        let mut pauses = config.retry.pauses();
-        let mut pending: Vec<&DeadLetter> = dead.iter().collect();
-        while !pending.is_empty() {
-            let mut deliveries = Vec::with_capacity(pending.len());
-            for letter in &pending {
-                let source = &batch[letter.index];
-                let topic = dead_letter_topic(&source.topic);
-                let refused = |e: &KafkaError| ConsumerError::DeadLetterRefused {
-                    record: source.locator(),
-                    topic: topic.clone(),
-                    reason: e.to_string(),
-                };
-                let partition = match self.partition_for(&topic, source.partition).await {
-                    Ok(partition) => partition,
-                    Err(e) => return Err(refused(&e)),
-                };
-                let record = with_diagnostics(source, letter, config);
-                let mut send = record.to_send(&topic);
-                if let Some(partition) = partition {
-                    send = send.partition(partition);
-                }
-                deliveries.push(match self.producer.send_result(send) {
-                    Ok(delivery) => Some(delivery),
-                    Err((e, _)) if kafka::fault_of(&e) == Fault::Refused => {
-                        return Err(refused(&e))
-                    }
-                    Err((e, _)) => {
-                        tracing::warn!(error = %e, %topic, "dead letter not queued; retrying");
-                        None
-                    }
-                });
+    ) -> Result<Vec<&'d DeadLetter>, ConsumerError> {
+        let mut deliveries = Vec::with_capacity(pending.len());
+        for letter in pending {
+            let source = &batch[letter.index].record;
+            let topic = dead_letter_topic(&source.topic);
+            let refused = |e: &KafkaError| ConsumerError::DeadLetterRefused {
+                record: source.locator(),
+                topic: topic.clone(),
+                reason: e.to_string(),
+            };
+            let partition = match self.partition_for(&topic, source.partition).await {
+                Ok(partition) => partition,
+                Err(e) => return Err(refused(&e)),
+            };
+            let record = with_diagnostics(source, letter, config);
+            let mut send = record.to_send(&topic);
+            if let Some(partition) = partition {
+                send = send.partition(partition);
             }
-            let mut again = Vec::new();
-            for (letter, delivery) in pending.into_iter().zip(deliveries) {
-                let written = match delivery {
-                    Some(delivery) => match delivery.await {
-                        Ok(Ok(_)) => true,
-                        Ok(Err((e, _))) if kafka::fault_of(&e) == Fault::Refused => {
-                            return Err(ConsumerError::DeadLetterRefused {
-                                record: batch[letter.index].locator(),
-                                topic: dead_letter_topic(&batch[letter.index].topic),
-                                reason: e.to_string(),
-                            });
-                        }
-                        Ok(Err((e, _))) => {
-                            tracing::warn!(error = %e, "dead letter not acknowledged; retrying");
-                            false
-                        }
-                        Err(_) => false,
-                    },
-                    None => false,
-                };
-                if !written {
-                    again.push(letter);
+            deliveries.push(match self.producer.send_result(send) {
+                Ok(delivery) => Some(delivery),
+                Err((e, _)) if kafka::fault_of(&e) == Fault::Refused => return Err(refused(&e)),
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, %topic, "dead letter not queued; retrying");
+                    None
                 }
-            }
-            pending = again;
-            if !pending.is_empty() && !pauses.pause(stop).await {
-                return Ok(false);
+            });
+        }
+        let mut again = Vec::new();
+        for (letter, delivery) in pending.iter().zip(deliveries) {
+            let written = match delivery {
+                Some(delivery) => match delivery.await {
+                    Ok(Ok(_)) => true,
+                    Ok(Err((e, _))) if kafka::fault_of(&e) == Fault::Refused => {
+                        return Err(ConsumerError::DeadLetterRefused {
+                            record: batch[letter.index].locator(),
+                            topic: dead_letter_topic(&batch[letter.index].topic),
+                            reason: e.to_string(),
+                        });
+                    }
+                    Ok(Err((e, _))) => {
+                        tracing::warn!(error = %e, "dead letter not acknowledged; retrying");
+                        false
+                    }
+                    Err(_) => false,
+                },
+                None => false,
+            };
+            if !written {
+                again.push(*letter);
             }
         }
-        Ok(true)
+        Ok(again)
     }
 
     /// The source's partition number if the dead-letter topic has it; otherwise the

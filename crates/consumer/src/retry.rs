@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use tokio_util::sync::CancellationToken;
 
 /// Exponential backoff with jitter, and how many attempts a failing message gets.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,14 +52,5 @@ pub struct Pauses {
 impl Pauses {
     pub fn next_delay(&mut self) -> Duration {
         self.delays.next().unwrap_or(self.max)
-    }
-
-    /// Sleeps for the next delay; `false` if `stop` was cancelled first.
-    pub async fn pause(&mut self, stop: &CancellationToken) -> bool {
-        let delay = self.next_delay();
-        tokio::select! {
-            () = stop.cancelled() => false,
-            () = tokio::time::sleep(delay) => true,
-        }
     }
 }

@@ -112,18 +112,6 @@ pub enum DecodeError {
     },
 }
 
-impl DecodeError {
-    /// A stable name for the kind of poison, for dead-letter headers and counts.
-    pub fn class(&self) -> &'static str {
-        match self {
-            DecodeError::Empty => "poison.empty",
-            DecodeError::Invalid { .. } => "poison.invalid",
-            DecodeError::WrongType { .. } => "poison.wrong-type",
-            DecodeError::UnsupportedVersion { .. } => "poison.unsupported-version",
-        }
-    }
-}
-
 /// The type and version of an event, read before its payload.
 #[derive(Deserialize)]
 struct Head {

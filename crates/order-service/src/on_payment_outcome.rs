@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use consumer::{BatchError, BatchHandler, Failure, Outcome, Record};
+use consumer::{class, BatchError, BatchHandler, Failure, Message, Outcome};
 use events::{
     Amount, Currency, DecodeError, Envelope, EventType, PaymentCompleted, PaymentFailed,
     TraceContext,
@@ -43,9 +43,9 @@ struct Settlement {
 }
 
 impl Settlement {
-    fn decode(index: usize, message: &Record) -> Result<Self, DecodeError> {
+    fn decode(index: usize, message: &Message) -> Result<Self, DecodeError> {
         let bytes = message.payload.as_deref();
-        let trace = consumer::trace_of(message);
+        let trace = message.trace.clone();
         let settlement = |event_id, correlation_id, order_id, amount, currency, paid| Self {
             index,
             event_id,
@@ -90,14 +90,14 @@ impl Settlement {
 }
 
 impl BatchHandler for OnPaymentOutcome {
-    async fn handle(&self, batch: &[Record]) -> Result<Vec<Outcome>, BatchError> {
+    async fn handle(&self, batch: &[Message]) -> Result<Vec<Outcome>, BatchError> {
         let mut outcomes = vec![Outcome::Applied; batch.len()];
         let mut settlements = Vec::new();
         for (index, message) in batch.iter().enumerate() {
             match Settlement::decode(index, message) {
                 Ok(settlement) => settlements.push(settlement),
                 Err(e) => {
-                    outcomes[index] = Outcome::DeadLetter(Failure::new(e.class(), e.to_string()));
+                    outcomes[index] = Outcome::DeadLetter(Failure::poison(&e));
                 }
             }
         }
@@ -161,7 +161,7 @@ async fn settle(pool: &PgPool, settlements: &[Settlement]) -> sqlx::Result<Settl
             None => untrusted.push((
                 settlement.index,
                 Failure::new(
-                    "poison.unknown-order",
+                    class::POISON_UNKNOWN_ORDER,
                     format!("no order {} here", settlement.order_id),
                 ),
             )),
@@ -172,7 +172,7 @@ async fn settle(pool: &PgPool, settlements: &[Settlement]) -> sqlx::Result<Settl
                 untrusted.push((
                     settlement.index,
                     Failure::new(
-                        "poison.amount-mismatch",
+                        class::POISON_AMOUNT_MISMATCH,
                         format!(
                             "the event says {} {} but order {} is for {amount} {currency}",
                             settlement.amount, settlement.currency, settlement.order_id

@@ -105,8 +105,8 @@ impl GatewayError {
     /// The error class in dead-letter headers and counts.
     pub fn class(&self) -> &'static str {
         match self {
-            GatewayError::Unavailable(_) => "gateway.unavailable",
-            GatewayError::Refused(_) => "gateway.refused",
+            GatewayError::Unavailable(_) => consumer::class::GATEWAY_UNAVAILABLE,
+            GatewayError::Refused(_) => consumer::class::GATEWAY_REFUSED,
         }
     }
 }

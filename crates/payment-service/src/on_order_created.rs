@@ -24,8 +24,8 @@ use std::collections::{HashMap, HashSet};
 
 use std::sync::Mutex;
 
-use consumer::{BatchError, BatchHandler, Failure, Outcome, Record};
-use events::{Envelope, OrderCreated, Topics, TraceContext};
+use consumer::{BatchError, BatchHandler, Failure, Message, Outcome};
+use events::{Envelope, OrderCreated, Topics};
 use futures::StreamExt;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -70,21 +70,13 @@ impl OnOrderCreated {
 }
 
 impl BatchHandler for OnOrderCreated {
-    async fn handle(&self, batch: &[Record]) -> Result<Vec<Outcome>, BatchError> {
+    async fn handle(&self, batch: &[Message]) -> Result<Vec<Outcome>, BatchError> {
         let mut outcomes = vec![Outcome::Applied; batch.len()];
         let mut orders: Vec<(usize, Envelope<OrderCreated>)> = Vec::new();
-        let mut traces: HashMap<usize, TraceContext> = HashMap::new();
         for (index, message) in batch.iter().enumerate() {
             match Envelope::<OrderCreated>::decode(message.payload.as_deref()) {
-                Ok(event) => {
-                    if let Some(trace) = consumer::trace_of(message) {
-                        traces.insert(index, trace);
-                    }
-                    orders.push((index, event));
-                }
-                Err(e) => {
-                    outcomes[index] = Outcome::DeadLetter(Failure::new(e.class(), e.to_string()));
-                }
+                Ok(event) => orders.push((index, event)),
+                Err(e) => outcomes[index] = Outcome::DeadLetter(Failure::poison(&e)),
             }
         }
         if orders.is_empty() {
@@ -116,7 +108,7 @@ impl BatchHandler for OnOrderCreated {
                     charged.push(NewPayment {
                         event,
                         charge: charge.clone(),
-                        trace: traces.get(index),
+                        trace: batch[*index].trace.as_ref(),
                     });
                 }
                 Some(Err(e)) => outcomes[*index] = e.outcome(),
@@ -139,7 +131,7 @@ impl BatchHandler for OnOrderCreated {
             if duplicate {
                 outcomes[*index] = Outcome::Duplicate;
             }
-            log_settled(&batch[*index], event, traces.get(index), duplicate);
+            log_settled(&batch[*index], event, duplicate);
         }
         tracing::debug!(
             events = applied.len(),
@@ -152,12 +144,8 @@ impl BatchHandler for OnOrderCreated {
 }
 
 /// One line per order settled, with everything needed to follow it.
-fn log_settled(
-    message: &Record,
-    event: &Envelope<OrderCreated>,
-    trace: Option<&TraceContext>,
-    duplicate: bool,
-) {
+fn log_settled(message: &Message, event: &Envelope<OrderCreated>, duplicate: bool) {
+    let trace = message.trace.as_ref();
     tracing::debug!(
         topic = %message.topic, partition = message.partition, offset = message.offset,
         event_id = %event.event_id, order_id = %event.payload.order_id,

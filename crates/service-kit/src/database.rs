@@ -1,7 +1,7 @@
 //! What a database error means for a consumer's batch: an outage to wait out, or a
 //! refusal that will recur however often the batch is tried.
 
-use consumer::{BatchError, Failure};
+use consumer::{class, BatchError, Failure};
 
 /// `sqlx::Error` as the runner needs it. Refused (pinned to the messages that cause it
 /// and dead-lettered): a value the database rejects — SQLSTATE class 22 (data
@@ -19,12 +19,12 @@ pub fn batch_error(store: &str, error: sqlx::Error) -> BatchError {
 fn refusal_class(error: &sqlx::Error) -> Option<&'static str> {
     match error {
         sqlx::Error::Database(e) => match e.code().as_deref().map(|c| c.get(..2)) {
-            Some(Some("22")) => Some("database.data-exception"),
-            Some(Some("23")) => Some("database.integrity-violation"),
-            Some(Some("54")) => Some("database.limit-exceeded"),
+            Some(Some("22")) => Some(class::DATABASE_DATA_EXCEPTION),
+            Some(Some("23")) => Some(class::DATABASE_INTEGRITY_VIOLATION),
+            Some(Some("54")) => Some(class::DATABASE_LIMIT_EXCEEDED),
             _ => None,
         },
-        sqlx::Error::Encode(_) => Some("database.unencodable"),
+        sqlx::Error::Encode(_) => Some(class::DATABASE_UNENCODABLE),
         _ => None,
     }
 }
