@@ -110,7 +110,7 @@ impl Bench {
     fn handler(&self, db: &TestDatabase) -> OnOrderCreated {
         OnOrderCreated::new(
             db.pool().clone(),
-            self.topics.clone(),
+            outbox::Outbox::new(self.topics.clone()),
             Gateway::Simulated(Simulated {
                 decline_above: None,
             }),

@@ -47,16 +47,17 @@ impl Bench {
             .connect(&db.url)
             .await
             .expect("pool");
-        let topics = Topics::with_prefix(&format!("{}.", unique_name("bench")));
+        let outbox =
+            outbox::Outbox::new(Topics::with_prefix(&format!("{}.", unique_name("bench"))));
         let run = unique_name("tx");
         let elapsed = support::concurrently(CONCURRENCY, ORDERS, move |i| {
-            let (pool, topics, key) = (pool.clone(), topics.clone(), format!("{run}-{i}"));
+            let (pool, outbox, key) = (pool.clone(), outbox.clone(), format!("{run}-{i}"));
             async move {
                 let new = NewOrder {
                     amount: Amount::new(rust_decimal::Decimal::new(22_222, 2)).expect("amount"),
                     currency: Currency::USD,
                 };
-                let created = create_order(&pool, &topics, &new, Some(&key), None)
+                let created = create_order(&pool, &outbox, &new, Some(&key), None)
                     .await
                     .expect("order stored");
                 assert!(matches!(created, Created::New(_)));

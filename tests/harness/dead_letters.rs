@@ -191,7 +191,7 @@ async fn handler(db: &testkit::TestDatabase, topics: &Topics) -> OnOrderCreated 
         .expect("migrations");
     OnOrderCreated::new(
         db.pool().clone(),
-        topics.clone(),
+        outbox::Outbox::new(topics.clone()),
         Gateway::Simulated(Simulated::default()),
         1,
     )

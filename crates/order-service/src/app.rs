@@ -19,8 +19,7 @@ pub async fn build(config: Config) -> anyhow::Result<Application<OnPaymentOutcom
         name: "order-service",
         router: router(AppState {
             pool: resources.pool.clone(),
-            topics: topics.clone(),
-            wake: resources.wake.clone(),
+            outbox: resources.outbox.clone(),
         }),
         consumer: config.consumer.config(
             bootstrap,

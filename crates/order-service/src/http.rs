@@ -31,9 +31,8 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
-    pub topics: events::Topics,
-    /// Woken after an order and its event are committed.
-    pub wake: outbox::Wake,
+    /// Where an order's event goes; woken once the order is committed.
+    pub outbox: outbox::Outbox,
 }
 
 #[derive(OpenApi)]
@@ -110,7 +109,7 @@ async fn create_order(
     let trace = trace.map(|Extension(trace)| trace);
     let created = store::create_order(
         &state.pool,
-        &state.topics,
+        &state.outbox,
         &new,
         key.as_deref(),
         trace.as_ref(),
@@ -118,7 +117,7 @@ async fn create_order(
     .await?;
     let (order, replayed) = match created {
         Created::New(order) => {
-            state.wake.wake();
+            state.outbox.committed();
             (order, false)
         }
         Created::Replayed(order) => (order, true),

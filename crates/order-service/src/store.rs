@@ -1,13 +1,35 @@
 //! PostgreSQL access. SQL only through bound parameters.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
-use events::{OrderCreated, Topics, TraceContext};
-use outbox::OutboxRow;
+use events::{OrderCreated, TraceContext};
+use outbox::Outbox;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::{NewOrder, Order, OrderStatus};
+
+/// The order in one statement: the key claimed (if any), and only if it was, the order
+/// and its outbox row (the outbox crate's insert, bound from an [`outbox::Row`]).
+static CREATE_ORDER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH claim AS (
+             INSERT INTO idempotency_keys (key, fingerprint, order_id)
+             SELECT $1, $2, $3 WHERE $1::text IS NOT NULL
+             ON CONFLICT (key) DO NOTHING
+             RETURNING key),
+         allowed AS (SELECT 1 WHERE $1::text IS NULL OR EXISTS (SELECT 1 FROM claim)),
+         created AS (
+             INSERT INTO orders (id, amount, currency, status)
+             SELECT $3, $4, $5, $6 FROM allowed
+             RETURNING id, amount, currency, status, created_at),
+         queued AS ({} SELECT $7, $8, $9, $10 FROM created)
+         SELECT id, amount, currency, status, created_at FROM created",
+        outbox::INSERT_ONE
+    )
+});
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -37,46 +59,31 @@ pub enum Created {
 /// concurrent request with the same key waits for the first to commit, then replays it.
 pub async fn create_order(
     pool: &PgPool,
-    topics: &Topics,
+    outbox: &Outbox,
     new: &NewOrder,
     idempotency_key: Option<&str>,
     trace: Option<&TraceContext>,
 ) -> Result<Created, StoreError> {
     let id = Uuid::now_v7();
     let event = OrderCreated::event(id, new.amount, new.currency);
-    let outbox = OutboxRow::event(topics, &event)
-        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?
-        .traced(trace);
-    // The outbox row is written here rather than through `outbox::enqueue`, whose
+    let queued = outbox
+        .row(&event, trace)
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    // The outbox row is written by this statement rather than by `Outbox::commit`, whose
     // statement of its own would cost a second round trip.
-    let row: Option<OrderRow> = sqlx::query_as(
-        "WITH claim AS (
-             INSERT INTO idempotency_keys (key, fingerprint, order_id)
-             SELECT $1, $2, $3 WHERE $1::text IS NOT NULL
-             ON CONFLICT (key) DO NOTHING
-             RETURNING key),
-         allowed AS (SELECT 1 WHERE $1::text IS NULL OR EXISTS (SELECT 1 FROM claim)),
-         created AS (
-             INSERT INTO orders (id, amount, currency, status)
-             SELECT $3, $4, $5, $6 FROM allowed
-             RETURNING id, amount, currency, status, created_at),
-         queued AS (
-             INSERT INTO outbox (topic, message_key, payload, headers)
-             SELECT $7, $8, $9, $10 FROM created)
-         SELECT id, amount, currency, status, created_at FROM created",
-    )
-    .bind(idempotency_key)
-    .bind(new.fingerprint())
-    .bind(id)
-    .bind(new.amount.value())
-    .bind(new.currency.code())
-    .bind(OrderStatus::Pending.as_str())
-    .bind(&outbox.topic)
-    .bind(&outbox.key)
-    .bind(&outbox.payload)
-    .bind(&outbox.headers)
-    .fetch_optional(pool)
-    .await?;
+    let row: Option<OrderRow> = sqlx::query_as(CREATE_ORDER.as_str())
+        .bind(idempotency_key)
+        .bind(new.fingerprint())
+        .bind(id)
+        .bind(new.amount.value())
+        .bind(new.currency.code())
+        .bind(OrderStatus::Pending.as_str())
+        .bind(&queued.topic)
+        .bind(&queued.key)
+        .bind(&queued.payload)
+        .bind(&queued.headers)
+        .fetch_optional(pool)
+        .await?;
     if let Some(row) = row {
         return Ok(Created::New(Order::try_from(row)?));
     }

@@ -1,15 +1,15 @@
 //! Exactly-once effects across PostgreSQL and Kafka, both ways:
 //!
-//! - the **outbox** ([`OutboxRow`], [`enqueue`]): a service writes the events it
-//!   publishes into its `outbox` table in the same transaction as its business rows, and
-//!   the [`Relay`] publishes them to Kafka, marking them sent only after Kafka
-//!   acknowledged them;
+//! - the **outbox** ([`Outbox`]): a service writes the events it publishes into its
+//!   `outbox` table in the same transaction as its business rows ([`Outbox::commit`]),
+//!   and the [`Relay`] publishes them to Kafka, marking them sent only after Kafka
+//!   acknowledged them; [`backlog`] is what waits;
 //! - the **inbox** ([`inbox`]): a consumer records the ids of the events it applied in
 //!   `processed_events`, in the same transaction as their effects, so a redelivery
 //!   changes nothing.
 //!
-//! This crate owns both tables: their schema is in its `migrations/`, and every service
-//! runs them through [`migrator`] beside its own.
+//! This crate owns both tables: their schema is in its `migrations/`, every service runs
+//! them through [`migrator`] beside its own, and no other crate writes SQL against them.
 //!
 //! The relay's promises:
 //! - **Nothing lost**: a row stays pending until every record of its batch is acknowledged
@@ -29,20 +29,22 @@
 //!   in line once the cause is fixed.
 //! - **Bounded tables**: [`cleanup`] removes published rows and old inbox records.
 
+mod backlog;
 pub mod cleanup;
 pub mod inbox;
 pub mod parked;
+mod queue;
 mod relay;
-mod row;
 mod wake;
 
 use futures::future::BoxFuture;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{MigrateError, Migration, MigrationSource, Migrator};
 
+pub use backlog::{backlog, Backlog};
 pub use cleanup::RetentionSettings;
+pub use queue::{Events, Outbox, Row, INSERT_ONE};
 pub use relay::{Published, Relay, RelayConfig, RelayError};
-pub use row::{enqueue, OutboxRow};
 pub use wake::Wake;
 
 /// The schema of the tables this crate owns (`outbox`, `processed_events`). Versions

@@ -35,11 +35,10 @@ pub async fn build(config: Config) -> anyhow::Result<Application<OnOrderCreated>
         relay_stuck_after: config.relay_stuck_after(),
         handler: OnOrderCreated::new(
             resources.pool.clone(),
-            topics,
+            resources.outbox.clone(),
             gateway,
             config.gateway_concurrency as usize,
-        )
-        .waking(resources.wake.clone()),
+        ),
         resources,
         shutdown_timeout: config.shutdown_timeout(),
         http: config.http.clone(),

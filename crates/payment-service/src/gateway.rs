@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::store::PaymentStatus;
+use crate::domain::{clean, Charge};
 
 /// One charge: an order's amount.
 #[derive(Debug, Clone, Serialize)]
@@ -26,58 +26,6 @@ pub struct ChargeRequest {
     pub order_id: Uuid,
     pub amount: Amount,
     pub currency: Currency,
-}
-
-/// The gateway's answer to a charge it processed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Charge {
-    Approved { reference: String },
-    Declined { reason: String },
-}
-
-impl Charge {
-    /// An approval, its reference cleaned and bounded ([`clean`]).
-    pub fn approved(reference: &str) -> Self {
-        Charge::Approved {
-            reference: clean(reference, MAX_REFERENCE_CHARS),
-        }
-    }
-
-    /// A decline, its reason cleaned and bounded ([`clean`]); never empty.
-    pub fn declined(reason: &str) -> Self {
-        let reason = clean(reason, MAX_REASON_CHARS);
-        Charge::Declined {
-            reason: if reason.is_empty() {
-                "declined".into()
-            } else {
-                reason
-            },
-        }
-    }
-
-    /// The status of the payment this charge makes.
-    pub fn status(&self) -> PaymentStatus {
-        match self {
-            Charge::Approved { .. } => PaymentStatus::Completed,
-            Charge::Declined { .. } => PaymentStatus::Failed,
-        }
-    }
-
-    /// The gateway's reference of an approved charge.
-    pub fn reference(&self) -> Option<&str> {
-        match self {
-            Charge::Approved { reference } => Some(reference),
-            Charge::Declined { .. } => None,
-        }
-    }
-
-    /// The gateway's reason for a declined charge.
-    pub fn decline_reason(&self) -> Option<&str> {
-        match self {
-            Charge::Approved { .. } => None,
-            Charge::Declined { reason } => Some(reason),
-        }
-    }
 }
 
 /// A charge the gateway did not process.
@@ -243,10 +191,6 @@ impl HttpGateway {
 /// The largest answer read from the gateway; a larger one is not an answer this protocol
 /// gives, and is not read into memory.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
-/// The longest decline reason kept, in characters.
-pub const MAX_REASON_CHARS: usize = 500;
-/// The longest gateway reference kept, in characters.
-pub const MAX_REFERENCE_CHARS: usize = 200;
 
 /// The answer's body, or why it is not read: larger than [`MAX_ANSWER_BYTES`], or cut
 /// off. Bounded in time by the client's timeout.
@@ -268,18 +212,6 @@ async fn read_bounded(response: &mut reqwest::Response) -> Result<Vec<u8>, Strin
     }
 }
 
-/// Text from the gateway as the platform keeps it: control characters (U+0000 among
-/// them, which PostgreSQL cannot store) removed, surrounding space trimmed, at most
-/// `limit` characters.
-pub fn clean(text: &str, limit: usize) -> String {
-    let cleaned: String = text
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(limit)
-        .collect();
-    cleaned.trim().to_owned()
-}
-
 fn describe(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         "timed out".into()
@@ -293,31 +225,6 @@ fn describe(error: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gateway_text_is_cleaned_and_bounded() {
-        assert_eq!(
-            Charge::declined("insufficient\u{0} funds\n"),
-            Charge::Declined {
-                reason: "insufficient funds".into()
-            }
-        );
-        assert_eq!(
-            Charge::declined("\u{0}\u{7}"),
-            Charge::Declined {
-                reason: "declined".into()
-            }
-        );
-        let long = "x".repeat(10_000);
-        assert_eq!(
-            Charge::approved(&long).reference().map(str::len),
-            Some(MAX_REFERENCE_CHARS)
-        );
-        assert_eq!(
-            Charge::declined(&long).decline_reason().map(str::len),
-            Some(MAX_REASON_CHARS)
-        );
-    }
 
     fn request(amount: &str) -> ChargeRequest {
         ChargeRequest {

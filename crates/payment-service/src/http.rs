@@ -15,7 +15,8 @@ use utoipa::{IntoParams, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 use uuid::Uuid;
 
-use crate::store::{self, Payment, PaymentStatus};
+use crate::domain::{Payment, PaymentStatus};
+use crate::store;
 
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 200;

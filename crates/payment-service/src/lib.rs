@@ -4,17 +4,19 @@
 //!
 //! A map of the modules:
 //! - [`config`]: every setting, from flags or environment variables.
-//! - [`gateway`]: the payment gateway — over HTTP, or the built-in simulated one.
+//! - [`domain`]: the payment — where it is decided: a charge (approved or declined)
+//!   becomes a payment (`COMPLETED` or `FAILED`), a payment its event.
+//! - [`gateway`]: the payment gateway's client — over HTTP, or the built-in simulated one.
 //! - [`store`]: PostgreSQL — typed payments, and the one place that decides which
-//!   payments are new (the inbox, then `ON CONFLICT (order_id) DO NOTHING`: never twice)
-//!   and queues their `payment.completed` / `payment.failed` events in the outbox.
+//!   payments are new (the inbox, then `ON CONFLICT (order_id) DO NOTHING`: never twice).
 //! - [`on_order_created`]: the `order.created` handler — decodes, charges the orders not
-//!   paid yet, and stores the batch in one transaction.
+//!   paid yet, and stores the batch and its events in one transaction.
 //! - [`http`]: `GET /payments`, `GET /payments/{order_id}`, OpenAPI and Swagger UI.
 //! - [`app`]: wires the HTTP API, the outbox relay and the consumer together; [`build`].
 
 pub mod app;
 pub mod config;
+pub mod domain;
 pub mod gateway;
 pub mod http;
 pub mod on_order_created;

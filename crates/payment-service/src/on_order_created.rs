@@ -25,25 +25,26 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use consumer::{BatchError, BatchHandler, Failure, Message, Outcome};
-use events::{Envelope, OrderCreated, Topics};
+use events::{Envelope, OrderCreated};
 use futures::StreamExt;
+use outbox::Outbox;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::gateway::{Charge, ChargeRequest, Gateway, GatewayError};
-use crate::store::{self, NewPayment};
+use crate::domain::{Charge, NewPayment, Payment};
+use crate::gateway::{ChargeRequest, Gateway, GatewayError};
+use crate::store;
 
 pub struct OnOrderCreated {
     pub pool: PgPool,
-    pub topics: Topics,
+    /// Where the payments' events are queued.
+    pub outbox: Outbox,
     pub gateway: Gateway,
     /// Most charges in flight at once, for a remote gateway.
     pub gateway_concurrency: usize,
     /// The gateway's answers not stored yet, by order: a batch tried again after an
     /// outage, or split to find a refused message, does not ask the gateway again.
     pub answered: Mutex<HashMap<Uuid, Charge>>,
-    /// Woken after payments and their events are committed.
-    pub wake: outbox::Wake,
 }
 
 /// More answers than this waiting to be stored means they are not being stored at all:
@@ -51,21 +52,14 @@ pub struct OnOrderCreated {
 const MAX_KEPT_ANSWERS: usize = 100_000;
 
 impl OnOrderCreated {
-    pub fn new(pool: PgPool, topics: Topics, gateway: Gateway, gateway_concurrency: usize) -> Self {
+    pub fn new(pool: PgPool, outbox: Outbox, gateway: Gateway, gateway_concurrency: usize) -> Self {
         Self {
             pool,
-            topics,
+            outbox,
             gateway,
             gateway_concurrency,
             answered: Mutex::new(HashMap::new()),
-            wake: outbox::Wake::default(),
         }
-    }
-
-    /// Wakes `wake` (the service's relay) after each commit that queued events.
-    pub fn waking(mut self, wake: outbox::Wake) -> Self {
-        self.wake = wake;
-        self
     }
 }
 
@@ -115,13 +109,13 @@ impl BatchHandler for OnOrderCreated {
             }
         }
         let mut tx = self.pool.begin().await.map_err(database)?;
-        let stored = store::store_new(&mut tx, &self.topics, &applied, &charged)
+        let stored = store::store_new(&mut tx, &applied, &charged)
             .await
             .map_err(database)?;
-        tx.commit().await.map_err(database)?;
-        if !stored.payments.is_empty() {
-            self.wake.wake();
-        }
+        let events = self
+            .events_of(&stored.payments, &charged)
+            .map_err(database)?;
+        self.outbox.commit(tx, events).await.map_err(database)?;
         self.forget(orders.iter().map(|(_, e)| e.payload.order_id));
         for (index, event) in &orders {
             if !matches!(outcomes[*index], Outcome::Applied) {
@@ -158,6 +152,31 @@ fn log_settled(message: &Message, event: &Envelope<OrderCreated>, duplicate: boo
 }
 
 impl OnOrderCreated {
+    /// The events of the payments just stored, each with the correlation id and trace of
+    /// the order it pays.
+    fn events_of(
+        &self,
+        payments: &[Payment],
+        charged: &[NewPayment<'_>],
+    ) -> Result<outbox::Events, sqlx::Error> {
+        let origins: HashMap<Uuid, &NewPayment> = charged
+            .iter()
+            .map(|p| (p.event.payload.order_id, p))
+            .collect();
+        let mut events = self.outbox.events();
+        for payment in payments {
+            let (correlation, trace) = origins
+                .get(&payment.order_id)
+                .map_or((payment.order_id, None), |p| {
+                    (p.event.correlation_id, p.trace)
+                });
+            payment
+                .queue_event(&mut events, correlation, trace)
+                .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        }
+        Ok(events)
+    }
+
     /// Charges each order not in `paid`, once per order even if the batch holds it twice;
     /// an order the gateway already answered (in an earlier try of this batch) is not
     /// asked again.

@@ -10,60 +10,18 @@
 //! decision but a saving: it lets the consumer skip asking a remote gateway again about
 //! orders already paid.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use events::{
-    Amount, Currency, Envelope, OrderCreated, PaymentCompleted, PaymentFailed, Topics, TraceContext,
-};
-use outbox::OutboxRow;
+use events::Amount;
 use rust_decimal::Decimal;
-use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::gateway::Charge;
+use crate::domain::{NewPayment, Payment, PaymentStatus};
 
 /// The name the `order.created` consumer records its processed events under.
 pub const CONSUMER: &str = "payment-service.order-created";
-
-/// Where a payment ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum PaymentStatus {
-    /// The gateway approved the charge.
-    Completed,
-    /// The gateway declined the charge; the order is never charged again.
-    Failed,
-}
-
-impl PaymentStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PaymentStatus::Completed => "COMPLETED",
-            PaymentStatus::Failed => "FAILED",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        match text {
-            "COMPLETED" => Some(PaymentStatus::Completed),
-            "FAILED" => Some(PaymentStatus::Failed),
-            _ => None,
-        }
-    }
-}
-
-/// An order charged by the gateway, to be stored as a payment.
-#[derive(Debug, Clone)]
-pub struct NewPayment<'a> {
-    /// The event that asked for it.
-    pub event: &'a Envelope<OrderCreated>,
-    pub charge: Charge,
-    /// The trace the order came with, continued by its payment event.
-    pub trace: Option<&'a TraceContext>,
-}
 
 /// What [`store_new`] wrote.
 #[derive(Debug, Default)]
@@ -74,75 +32,11 @@ pub struct Stored {
     pub fresh: HashSet<Uuid>,
 }
 
-/// A stored payment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct Payment {
-    pub id: Uuid,
-    pub order_id: Uuid,
-    /// Exact decimal with two places, written as a JSON number.
-    #[schema(value_type = f64, example = 222.22)]
-    pub amount: Amount,
-    #[schema(value_type = String, example = "USD")]
-    pub currency: Currency,
-    /// `COMPLETED`, or `FAILED` when the gateway declined the charge.
-    pub status: PaymentStatus,
-    /// The gateway's reason, for a declined charge.
-    pub decline_reason: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
-
-/// The event a payment is published as.
-#[derive(Debug, Clone)]
-pub enum PaymentEvent {
-    Completed(Envelope<PaymentCompleted>),
-    Failed(Envelope<PaymentFailed>),
-}
-
-impl PaymentEvent {
-    pub fn outbox_row(&self, topics: &Topics) -> Result<OutboxRow, serde_json::Error> {
-        match self {
-            PaymentEvent::Completed(event) => OutboxRow::event(topics, event),
-            PaymentEvent::Failed(event) => OutboxRow::event(topics, event),
-        }
-    }
-}
-
-impl Payment {
-    /// `payment.completed`, or `payment.failed` with the decline reason, carrying the
-    /// correlation id of the order's event.
-    pub fn event(&self, correlation_id: Uuid) -> PaymentEvent {
-        let (payment_id, order_id, amount, currency) =
-            (self.id, self.order_id, self.amount, self.currency);
-        match (&self.status, &self.decline_reason) {
-            (PaymentStatus::Failed, reason) => PaymentEvent::Failed(Envelope::new(
-                correlation_id,
-                PaymentFailed {
-                    payment_id,
-                    order_id,
-                    amount,
-                    currency,
-                    reason: reason.clone().unwrap_or_default(),
-                },
-            )),
-            (PaymentStatus::Completed, _) => PaymentEvent::Completed(Envelope::new(
-                correlation_id,
-                PaymentCompleted {
-                    payment_id,
-                    order_id,
-                    amount,
-                    currency,
-                },
-            )),
-        }
-    }
-}
-
-/// Stores what is new of `charged` (see the module's documentation) and queues the
-/// events of the payments inserted, all in the caller's transaction. `applied` are the
-/// ids of every event settled in this batch, charged now or paid before.
+/// Stores what is new of `charged` (see the module's documentation) in the caller's
+/// transaction. `applied` are the ids of every event settled in this batch, charged now
+/// or paid before.
 pub async fn store_new(
     tx: &mut PgConnection,
-    topics: &Topics,
     applied: &[Uuid],
     charged: &[NewPayment<'_>],
 ) -> sqlx::Result<Stored> {
@@ -181,24 +75,6 @@ pub async fn store_new(
         .map(Payment::try_from)
         .collect::<Result<Vec<_>, _>>()?;
 
-    let origins: HashMap<Uuid, (Uuid, Option<&TraceContext>)> = new
-        .iter()
-        .map(|p| (p.event.payload.order_id, (p.event.correlation_id, p.trace)))
-        .collect();
-    let mut outgoing = Vec::with_capacity(payments.len());
-    for payment in &payments {
-        let (correlation, trace) = origins
-            .get(&payment.order_id)
-            .copied()
-            .unwrap_or((payment.order_id, None));
-        let row = payment
-            .event(correlation)
-            .outbox_row(topics)
-            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?
-            .traced(trace);
-        outgoing.push(row);
-    }
-    outbox::enqueue(tx, &outgoing).await?;
     Ok(Stored { payments, fresh })
 }
 

@@ -104,13 +104,9 @@ impl Health {
     }
 
     async fn relay(&self) -> Result<String, String> {
-        let query = sqlx::query_scalar::<_, Option<f64>>(
-            "SELECT EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox
-             WHERE published_at IS NULL AND parked_at IS NULL",
-        )
-        .fetch_one(&self.pool);
+        let query = outbox::backlog(&self.pool);
         let oldest = match tokio::time::timeout(CHECK_TIMEOUT, query).await {
-            Ok(Ok(oldest)) => oldest,
+            Ok(Ok(backlog)) => backlog.oldest_pending_seconds,
             Ok(Err(e)) => return Err(e.to_string()),
             Err(_) => return Err(format!("no answer within {CHECK_TIMEOUT:?}")),
         };

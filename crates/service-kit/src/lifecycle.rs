@@ -67,8 +67,8 @@ pub struct Resources {
     pub listener: TcpListener,
     pub pool: PgPool,
     pub producer: FutureProducer,
-    /// Whoever commits outbox rows wakes the relay with it.
-    pub wake: outbox::Wake,
+    /// The service's outbox: its events are queued there, and its relay woken.
+    pub outbox: outbox::Outbox,
 }
 
 impl Resources {
@@ -101,7 +101,7 @@ impl Resources {
             listener,
             pool,
             producer,
-            wake: outbox::Wake::default(),
+            outbox: outbox::Outbox::new(topics),
         })
     }
 
@@ -157,8 +157,9 @@ impl<H: BatchHandler> Application<H> {
             listener,
             pool,
             producer,
-            wake,
+            outbox,
         } = self.resources;
+        let wake = outbox.wake();
         let health = Health::new(pool.clone(), producer.clone(), self.relay_stuck_after);
         let router = crate::http::instrument(
             name,

@@ -80,19 +80,12 @@ async fn scrape(State((service, pool)): State<(&'static str, PgPool)>) -> Respon
 /// The outbox's backlog, the age of its oldest unpublished row and its parked rows, read
 /// at scrape time (one indexed query), so they are never stale.
 async fn record_outbox(service: &'static str, pool: &PgPool) {
-    let query = sqlx::query_as::<_, (i64, Option<f64>, i64)>(
-        "SELECT count(*) FILTER (WHERE parked_at IS NULL),
-                EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL))::float8,
-                count(*) FILTER (WHERE parked_at IS NOT NULL)
-         FROM outbox WHERE published_at IS NULL",
-    )
-    .fetch_one(pool);
-    match tokio::time::timeout(OUTBOX_QUERY_TIMEOUT, query).await {
-        Ok(Ok((backlog, oldest, parked))) => {
-            metrics::gauge!("outbox_backlog", "service" => service).set(backlog as f64);
+    match tokio::time::timeout(OUTBOX_QUERY_TIMEOUT, outbox::backlog(pool)).await {
+        Ok(Ok(backlog)) => {
+            metrics::gauge!("outbox_backlog", "service" => service).set(backlog.pending as f64);
             metrics::gauge!("outbox_oldest_unpublished_age_seconds", "service" => service)
-                .set(oldest.unwrap_or(0.0));
-            metrics::gauge!("outbox_parked", "service" => service).set(parked as f64);
+                .set(backlog.oldest_pending_seconds.unwrap_or(0.0));
+            metrics::gauge!("outbox_parked", "service" => service).set(backlog.parked as f64);
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "metrics: reading the outbox failed"),
         Err(_) => {
