@@ -690,6 +690,9 @@ async fn a_dead_letter_replayed_after_the_gateway_recovers_is_paid_once_however_
         let db = fresh_database().await;
         let mut config = payment_config(&db, kafka.bootstrap(), &prefix, Some(&gateway.uri()));
         config.consumer.batch_wait_ms = 1000;
+        // One attempt: a failure counts while the gateway answers the others of the batch,
+        // so the three are dead-lettered at once rather than after later traffic.
+        config.consumer.max_attempts = 1;
         let payments = running_payment_service(db, config).await;
 
         let dlt = kafka::dead_letter_topic(&topics.order_created);
@@ -720,7 +723,7 @@ async fn a_dead_letter_replayed_after_the_gateway_recovers_is_paid_once_however_
         );
 
         // The gateway recovers; the unavailable ones are replayed.
-        gateway.reset().await;
+        crate::gateway_double::reset(&gateway).await;
         answer_charges(&gateway, approved()).await;
         let selected = redrive::Filter {
             class: Some("gateway.unavailable".into()),
@@ -897,6 +900,144 @@ async fn a_batch_the_database_refuses_is_split_until_the_offender_is_alone_and_d
         assert_eq!(
             stats.outage_retries, 0,
             "a refusal is not an outage: {stats:?}"
+        );
+    })
+    .await;
+}
+
+/// A handler for which every message is poison.
+struct AllPoison;
+
+impl BatchHandler for AllPoison {
+    async fn handle(&self, batch: &[Message]) -> Result<Vec<Outcome>, consumer::BatchError> {
+        Ok(batch
+            .iter()
+            .map(|_| Outcome::DeadLetter(consumer::Failure::new("poison.invalid", "test poison")))
+            .collect())
+    }
+}
+
+/// Runs a consumer of `group` on `topic` with `handler` until `stop`.
+fn consuming<H: BatchHandler>(
+    kafka: &testkit::kafka::Kafka,
+    group: &str,
+    topic: &str,
+    handler: H,
+    limit: DeadLetterLimit,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<Result<consumer::Stats, consumer::ConsumerError>> {
+    let config = ConsumerConfig::new(kafka.bootstrap(), group, &[topic]);
+    let policy = DeadLetterPolicy::new(kafka.bootstrap(), limit).expect("producer");
+    tokio::spawn(consumer::run(config, handler, policy, stop.clone()))
+}
+
+fn poison_records(from: usize, count: usize) -> Vec<Record> {
+    (from..from + count)
+        .map(|i| Record::new(format!("poison {i}")).key(format!("k{i}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_dead_letter_guard_remembers_across_restarts_so_a_restart_grants_no_fresh_allowance() {
+    within(MINUTES_2, async {
+        let kafka = testkit::kafka::broker().await.expect("kafka");
+        let topic = testkit::unique_name("guarded");
+        create_topics(kafka.client(), &topic).await;
+        let dlt = kafka::dead_letter_topic(&topic);
+        let group = testkit::unique_name("guarded-group");
+        // Judged once 20 messages are in view: 15 poison are below that.
+        let limit = DeadLetterLimit {
+            window: 100,
+            max_ratio: 0.5,
+            min_judged: 20,
+        };
+        produce_all(kafka.client(), &topic, &poison_records(0, 15)).await;
+        let stop = CancellationToken::new();
+        let first = consuming(kafka.client(), &group, &topic, AllPoison, limit, &stop);
+        until_committed(
+            kafka.client(),
+            &group,
+            &topic,
+            15,
+            MINUTES_2,
+            "the first 15 settled",
+        )
+        .await;
+        stop.cancel();
+        first
+            .await
+            .expect("task")
+            .expect("a first run below the guard's minimum");
+        assert_eq!(records_on(kafka.client(), &dlt).await, 15);
+
+        // Restarted into more poison: it remembers the 15, so it halts at once.
+        produce_all(kafka.client(), &topic, &poison_records(15, 10)).await;
+        let stop = CancellationToken::new();
+        let second = consuming(kafka.client(), &group, &topic, AllPoison, limit, &stop);
+        let ended = tokio::time::timeout(MINUTES_2, second)
+            .await
+            .expect("the restarted consumer halts")
+            .expect("task");
+        let error = ended.expect_err("the guard trips");
+        assert!(
+            matches!(error, consumer::ConsumerError::DeadLetterLimit { .. }),
+            "{error}"
+        );
+        let dead = records_on(kafka.client(), &dlt).await;
+        assert!(
+            dead < 25,
+            "{dead} dead letters: the restart got a fresh allowance"
+        );
+    })
+    .await;
+}
+
+/// A handler that forgets to answer for the last message of each batch.
+struct ForgetsOne;
+
+impl BatchHandler for ForgetsOne {
+    async fn handle(&self, batch: &[Message]) -> Result<Vec<Outcome>, consumer::BatchError> {
+        Ok(vec![Outcome::Applied; batch.len().saturating_sub(1)])
+    }
+}
+
+#[tokio::test]
+async fn a_handler_that_answers_for_fewer_messages_than_it_got_halts_the_consumer_and_commits_nothing(
+) {
+    within(MINUTES_2, async {
+        let kafka = testkit::kafka::broker().await.expect("kafka");
+        let topic = testkit::unique_name("forgetful");
+        create_topics(kafka.client(), &topic).await;
+        produce_all(kafka.client(), &topic, &poison_records(0, 5)).await;
+        let group = testkit::unique_name("forgetful-group");
+        let stop = CancellationToken::new();
+        let running = consuming(
+            kafka.client(),
+            &group,
+            &topic,
+            ForgetsOne,
+            DeadLetterLimit::default(),
+            &stop,
+        );
+        let ended = tokio::time::timeout(MINUTES_2, running)
+            .await
+            .expect("the consumer halts")
+            .expect("task");
+        let error = ended.expect_err("a handler bug halts");
+        assert!(
+            matches!(error, consumer::ConsumerError::HandlerBug { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("outcomes for"), "{error}");
+        let committed = kafka
+            .client()
+            .committed_total(&group, &topic)
+            .await
+            .unwrap_or(0);
+        assert_eq!(committed, 0, "nothing committed");
+        assert_eq!(
+            records_on(kafka.client(), &kafka::dead_letter_topic(&topic)).await,
+            0
         );
     })
     .await;

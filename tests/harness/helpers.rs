@@ -200,6 +200,8 @@ pub fn payment_config(
     config.consumer.max_attempts = 3;
     config.consumer.retry_delay_ms = 50;
     config.consumer.max_retry_delay_ms = 1000;
+    // Probes of an open breaker twice a second.
+    config.breaker.open_ms = 500;
     config
 }
 

@@ -15,5 +15,6 @@ mod orders_api;
 mod outages;
 mod outbox_relay;
 mod payment_gateway;
+mod pending_orders;
 mod postgres_isolation;
 mod shutdown;

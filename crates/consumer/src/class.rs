@@ -19,10 +19,18 @@ pub const POISON_UNKNOWN_ORDER: &str = "poison.unknown-order";
 /// A payment event with another amount or currency than its order's.
 pub const POISON_AMOUNT_MISMATCH: &str = "poison.amount-mismatch";
 
-/// The payment gateway did not process a charge and said nothing about the order.
+/// The payment gateway failed a charge in a way that says nothing about the order (no
+/// connection, a timeout, `5xx`, `429`, `401`, `403`, a `404` of its endpoint). Dead
+/// letters carry it only after the gateway answered other charges between each of the
+/// order's attempts, and said it has no charge for the order.
 pub const GATEWAY_UNAVAILABLE: &str = "gateway.unavailable";
 /// The payment gateway refused the order's data (`400`, `422`).
 pub const GATEWAY_REFUSED: &str = "gateway.refused";
+/// A request with the order's key was in progress at the gateway (`409`): the message
+/// waits; never a dead letter's class.
+pub const GATEWAY_IN_PROGRESS: &str = "gateway.in-progress";
+/// The gateway's circuit breaker was open: the message waits; never a dead letter's class.
+pub const GATEWAY_BREAKER_OPEN: &str = "gateway.breaker-open";
 
 /// SQLSTATE class 22: a value the database will not store.
 pub const DATABASE_DATA_EXCEPTION: &str = "database.data-exception";

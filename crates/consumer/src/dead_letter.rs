@@ -93,6 +93,30 @@ impl DeadLetterPolicy {
         self.guard.limit.max_ratio
     }
 
+    /// Starts the guard from what the group's dead-letter topics hold of its recent
+    /// messages ([`crate::history`]), so a restart does not grant a fresh allowance; on
+    /// any error reading them, it starts afresh and says so.
+    pub(crate) async fn recall(&mut self, config: &ConsumerConfig) {
+        if self.guard.limit.max_ratio >= 1.0 {
+            return;
+        }
+        match crate::history::recent(config, self.guard.limit.window).await {
+            Ok(recent) => {
+                if recent.dead > 0 {
+                    tracing::info!(
+                        seen = recent.seen, dead = recent.dead, group = %config.group_id,
+                        "the dead-letter guard remembers recent dead letters"
+                    );
+                }
+                self.guard.seed(recent);
+            }
+            Err(error) => tracing::warn!(
+                %error, group = %config.group_id,
+                "the dead-letter guard starts afresh: its history cannot be read"
+            ),
+        }
+    }
+
     /// Asks the guard whether a batch of `size` messages may dead-letter `dead`.
     pub(crate) fn admit(&mut self, size: usize, dead: &[DeadLetter]) -> Result<(), Tripped> {
         let mut verdicts = vec![false; size];
@@ -281,6 +305,21 @@ impl DeadLetterGuard {
         }
     }
 
+    /// Starts from `recent`: at most a window of it, in the same proportion, the dead
+    /// letters last (the most recent).
+    pub fn seed(&mut self, recent: crate::history::Recent) {
+        let window = self.limit.window;
+        let (seen, dead) = if recent.seen > window {
+            (window, (recent.dead * window).div_ceil(recent.seen))
+        } else {
+            (recent.seen, recent.dead)
+        };
+        let dead = dead.min(seen);
+        self.recent = std::iter::repeat_n(false, seen - dead)
+            .chain(std::iter::repeat_n(true, dead))
+            .collect();
+    }
+
     /// Admits a batch whose messages are dead-lettered where `dead` is `true`, unless the
     /// messages it is judged with would then hold too many dead letters: the whole batch
     /// and, if it is smaller than the window, the messages just before it up to a
@@ -379,6 +418,31 @@ mod tests {
         // A large healthy batch passes, and then counts as the recent window.
         assert_eq!(guard.admit(&[false; 300]), Ok(()));
         assert_eq!(guard.admit(&[true; 50]), Ok(()));
+    }
+
+    #[test]
+    fn a_guard_seeded_with_recent_dead_letters_trips_sooner() {
+        let mut guard = guard(100, 0.5, 20);
+        guard.seed(crate::history::Recent { seen: 15, dead: 15 });
+        // Five more: twenty seen, all dead.
+        assert_eq!(
+            guard.admit(&[true; 5]),
+            Err(Tripped {
+                dead: 20,
+                window: 20
+            })
+        );
+        // A long healthy history is scaled to the window.
+        let mut guard = super::DeadLetterGuard::new(DeadLetterLimit {
+            window: 10,
+            max_ratio: 0.5,
+            min_judged: 1,
+        });
+        guard.seed(crate::history::Recent {
+            seen: 1000,
+            dead: 10,
+        });
+        assert_eq!(guard.admit(&[true]), Ok(()));
     }
 
     #[test]

@@ -110,6 +110,8 @@ impl Group {
             )
             // Offsets are stored by us, after the handler's commit: never before.
             .set("enable.auto.offset.store", "false")
+            // A rebalance moves only the partitions that change owner; the others go on.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set("auto.offset.reset", "earliest")
             // librdkafka wants the poll interval at least as long as the session.
             .set(
@@ -196,35 +198,6 @@ impl Group {
         Some(batch)
     }
 
-    /// Waits up to `wait` for at least one more message, then takes what is ready, and
-    /// appends them to `batch` (after it, so the order within each partition holds), up
-    /// to `limit` in all. Returns how many came; `None` if `stop` came first.
-    pub async fn top_up(
-        &mut self,
-        batch: &mut Vec<Message>,
-        wait: Duration,
-        limit: usize,
-        stop: &CancellationToken,
-    ) -> Option<usize> {
-        let before = batch.len();
-        let consumer = &*self.consumer;
-        let mut stream = consumer.stream();
-        let next = tokio::select! {
-            () = stop.cancelled() => return None,
-            next = tokio::time::timeout(wait, stream.next()) => next,
-        };
-        match next {
-            Ok(Some(Ok(message))) => batch.push(Message::new(Record::from_message(&message))),
-            Ok(Some(Err(e))) => {
-                self.stream_errors += 1;
-                tracing::debug!(error = %e, "consumer error");
-            }
-            Ok(None) | Err(_) => {}
-        }
-        self.stream_errors += take_ready(&mut stream, batch, limit);
-        Some(batch.len() - before)
-    }
-
     /// Waits `delay` with the assigned partitions paused, polling meanwhile so that the
     /// group keeps this consumer as a member however long a batch waits. A message that
     /// still arrives (from a partition assigned in the meantime) is carried over to the
@@ -249,6 +222,78 @@ impl Group {
                 },
             }
         }
+    }
+
+    /// Waits `delay` as [`Group::hold`] does, but pauses only the partitions in `waiting`
+    /// (those of messages still pending): a message of another partition that arrives
+    /// meanwhile joins `batch`, until it holds `limit`; then every partition is paused and
+    /// what still arrives is carried over. `false` if `stop` came first.
+    pub async fn hold_joining(
+        &mut self,
+        delay: Duration,
+        batch: &mut Vec<Message>,
+        waiting: &HashSet<(String, i32)>,
+        limit: usize,
+        stop: &CancellationToken,
+    ) -> bool {
+        let mut waiting = waiting.clone();
+        self.pause_only(&waiting, batch.len() >= limit);
+        let until = tokio::time::sleep(delay);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return false,
+                () = &mut until => return true,
+                polled = self.consumer.recv() => match polled {
+                    Ok(message) => {
+                        let message = Message::new(Record::from_message(&message));
+                        let place = (message.topic.clone(), message.partition);
+                        if waiting.contains(&place) || batch.len() >= limit {
+                            self.carried.push_back(message);
+                            waiting.insert(place);
+                        } else {
+                            batch.push(message);
+                        }
+                        self.pause_only(&waiting, batch.len() >= limit);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "consumer error while waiting"),
+                },
+            }
+        }
+    }
+
+    /// Pauses the partitions in `waiting`, or all of them if `all`.
+    fn pause_only(&mut self, waiting: &HashSet<(String, i32)>, all: bool) {
+        if all {
+            self.set_paused(true);
+            return;
+        }
+        let mut list = rdkafka::TopicPartitionList::new();
+        for (topic, partition) in waiting {
+            list.add_partition(topic, *partition);
+        }
+        if let Err(e) = self.consumer.pause(&list) {
+            tracing::warn!(error = %e, "pausing partitions");
+        }
+        self.paused = true;
+    }
+
+    /// The partitions the group took away since the last call; messages of theirs that
+    /// were carried over are dropped (their new owner has them).
+    pub fn forget_revoked(&mut self) -> HashSet<(String, i32)> {
+        let revoked = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .revoked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if !revoked.is_empty() {
+            self.carried
+                .retain(|m| !revoked.contains(&(m.topic.clone(), m.partition)));
+        }
+        revoked
     }
 
     /// Resumes the partitions [`Group::hold`] paused, if it did.

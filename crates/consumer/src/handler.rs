@@ -88,9 +88,15 @@ pub enum Outcome {
     Duplicate,
     /// Can never be processed (poison): dead-lettered at once.
     DeadLetter(Failure),
-    /// Failed for a reason of its own that may pass (a gateway's 5xx): tried again, alone,
-    /// up to [`crate::RetryPolicy::max_attempts`] times, then dead-lettered.
+    /// Failed for a reason of its own that may pass (the gateway fails this order while it
+    /// answers others): tried again, up to [`crate::RetryPolicy::max_attempts`] attempts,
+    /// then dead-lettered.
     Retry(Failure),
+    /// Not applied, through no fault of its own: what it depends on is down (the payment
+    /// gateway's breaker is open) or busy with it (a request of the same key in flight).
+    /// Tried again after a pause, without limit; it uses up no attempt and is never
+    /// dead-lettered.
+    Wait(Failure),
 }
 
 /// Why a handler could not apply a batch at all.

@@ -10,6 +10,7 @@
 //! | `rounds` | the retry rounds — the one place the retry, outage and dead-letter policy lives |
 //! | `group` | group membership: the rdkafka context, taking batches, pause and resume, closing |
 //! | [`dead_letter`] | the dead-letter policy: the writer and the guard, after arroyo |
+//! | `history` | the guard's memory across restarts, read from the dead-letter topics |
 //! | [`class`] | every failure class, the `dlt-error-class` of dead letters |
 //! | `retry` | pauses between attempts ([`RetryPolicy`]) |
 //! | `settings` | [`ConsumerConfig`], and the [`ConsumerSettings`] of every service's command line |
@@ -43,6 +44,7 @@ pub mod class;
 pub mod dead_letter;
 mod group;
 pub mod handler;
+mod history;
 mod report;
 mod retry;
 mod rounds;

@@ -31,6 +31,14 @@ pub enum ConsumerError {
         topic: String,
         reason: String,
     },
+    #[error(
+        "the handler of {topic} answered {got} outcomes for {expected} messages: a bug in          the handler. Nothing of the batch was committed: fix it and restart"
+    )]
+    HandlerBug {
+        topic: String,
+        expected: usize,
+        got: usize,
+    },
 }
 
 /// Counts of what a runner did, returned when it stops.

@@ -1,113 +1,138 @@
-//! The retry rounds: the one place the retry, outage and dead-letter policy lives.
+//! The retry rounds: the one place the retry, outage and dead-letter policy lives
+//! (`docs/dead-letters.md` explains it to operators).
 //!
-//! A batch is handed to the handler until every message is applied or condemned:
-//! poison, refused, or failed for a reason of its own `max_attempts` times. Two kinds of
-//! retry are kept apart on purpose:
-//! - an **outage** (the handler's database or Kafka is unreachable, or every message of
-//!   a batch of two or more failed transiently at once) retries the same messages without
-//!   limit: an outage is never a reason to dead-letter;
-//! - an [`Outcome::Retry`] of some messages while others went through (this message's
-//!   charge failed, say) retries only the messages that asked for it, up to
-//!   `max_attempts`, then dead-letters them.
+//! A batch is handed to the handler, round after round, until every message is applied
+//! or condemned. What the handler answers decides:
+//! - [`Outcome::Applied`] and [`Outcome::Duplicate`] settle the message;
+//! - [`Outcome::DeadLetter`] (poison) condemns it at once;
+//! - [`Outcome::Retry`] (its own failure: the gateway fails this order while it answers
+//!   others) uses up one attempt; after `max_attempts` the message is dead-lettered;
+//! - [`Outcome::Wait`] (what it depends on is down, or busy with it) uses up nothing: the
+//!   message is tried again after a pause, without limit, and never dead-lettered;
+//! - a [`BatchError::Outage`] (the handler's database or Kafka unreachable) tries the same
+//!   messages again after a pause, without limit;
+//! - a [`BatchError::Refused`] (the database refuses something of the batch however often
+//!   it is asked) splits the batch in halves until each refused message is alone and
+//!   dead-lettered; the first half is applied before the second, so the order within a
+//!   partition holds.
 //!
-//! A batch of one message that fails transiently says nothing about which of the two it
-//! is. Instead of the first pause, the runner then waits that long for company: if more
-//! messages come, they join the batch and the round is tried again, so that the others
-//! tell an outage (they fail too) from that message's own failure (they go through).
-//! With no company at all, it is that message's own failure: retried, then
-//! dead-lettered — never a consumer stalled on one message.
+//! The runner does not guess which of these a failure is; the handler says.
 //!
-//! A batch the handler refuses as a whole ([`BatchError::Refused`]) is split in halves
-//! until each refused message is alone and dead-lettered; the first half is applied
-//! before the second, so the order within a partition holds.
+//! Between rounds the runner waits (exponential backoff with jitter) with the partitions
+//! of the messages still pending paused, polling so the group keeps it; messages of other
+//! partitions that arrive meanwhile **join the batch**, up to its size, and are tried in
+//! the next round. So one order that keeps failing never holds up the others, and their
+//! success is what tells its failure from an outage. Partitions the group takes away
+//! meanwhile are **abandoned**: their messages leave the batch and nothing of them is
+//! committed (their new owner has them), and since the runner polls only between
+//! attempts, no attempt for them is in flight when the revocation returns.
+//!
+//! A retried message is applied after messages behind it that succeeded at once; per-key
+//! order holds for every message applied on its first attempt.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use chrono::{DateTime, Utc};
 
 use crate::dead_letter::DeadLetter;
 use crate::runner::Runner;
-use crate::{BatchError, BatchHandler, Failure, Message, Outcome, Pauses};
+use crate::{BatchError, BatchHandler, ConsumerError, Failure, Message, Outcome, Pauses};
 
 /// Where the messages of a batch stand between rounds.
-struct Round {
+pub(crate) struct Rounds {
     /// The indices still to apply; all of them in the first round.
     pending: Vec<usize>,
-    attempt: u32,
-    dead: Vec<DeadLetter>,
+    /// Attempts used up, per message (a [`Outcome::Wait`] uses none).
+    attempts: HashMap<usize, u32>,
     first_failure: HashMap<usize, DateTime<Utc>>,
+    dead: Vec<DeadLetter>,
     pauses: Pauses,
 }
 
+/// Why the rounds ended early.
+pub(crate) enum Interrupted {
+    /// `stop` came first.
+    Stopped,
+    /// The consumer must halt.
+    Halt(ConsumerError),
+}
+
 impl<H: BatchHandler> Runner<H> {
-    /// Applies `batch` through its rounds. Returns the messages to dead-letter, in batch
-    /// order, or `None` if `stop` came first.
-    pub(crate) async fn apply(&mut self, batch: &mut Vec<Message>) -> Option<Vec<DeadLetter>> {
-        let mut round = Round {
+    /// Applies `batch` through its rounds (messages may join it, and those of revoked
+    /// partitions leave it: see the module documentation). Returns the messages to
+    /// dead-letter, in batch order.
+    pub(crate) async fn apply(
+        &mut self,
+        batch: &mut Vec<Message>,
+    ) -> Result<Vec<DeadLetter>, Interrupted> {
+        let mut rounds = Rounds {
             pending: (0..batch.len()).collect(),
-            attempt: 1,
-            dead: Vec::new(),
+            attempts: HashMap::new(),
             first_failure: HashMap::new(),
-            pauses: self.retry_policy().pauses(),
+            dead: Vec::new(),
+            pauses: self.config.retry.pauses(),
         };
-        let mut company_sought = false;
         loop {
-            let outcomes = if round.pending.len() == batch.len() {
-                self.attempt_all(batch, round.attempt).await?
+            let outcomes = if rounds.pending.len() == batch.len() {
+                self.attempt_all(batch).await?
             } else {
                 let subset: Vec<Message> =
-                    round.pending.iter().map(|&i| batch[i].clone()).collect();
-                self.attempt_all(&subset, round.attempt).await?
+                    rounds.pending.iter().map(|&i| batch[i].clone()).collect();
+                self.attempt_all(&subset).await?
             };
-            // Paused already, waiting for company that did not come.
-            let mut waited = false;
-            if !company_sought && batch.len() == 1 && matches!(outcomes[0], Outcome::Retry(_)) {
-                company_sought = true;
-                if self.seek_company(batch, &mut round).await? {
-                    continue;
-                }
-                waited = true;
-            }
-            let again = self.judge(batch, &mut round, outcomes);
+            let again = self.judge(batch, &mut rounds, outcomes);
             if again.is_empty() {
-                round.dead.sort_by_key(|d| d.index);
-                return Some(round.dead);
+                rounds.dead.sort_by_key(|d| d.index);
+                return Ok(rounds.dead);
             }
-            if !waited && !self.group.hold(round.pauses.next_delay(), &self.stop).await {
-                return None;
+            let delay = rounds.pauses.next_delay();
+            let waiting = partitions_of(batch, &again);
+            let before = batch.len();
+            let limit = self.config.batch_size;
+            if !self
+                .group
+                .hold_joining(delay, batch, &waiting, limit, &self.stop)
+                .await
+            {
+                return Err(Interrupted::Stopped);
             }
-            round.pending = again;
-            round.attempt += 1;
+            self.count_consumed(&batch[before..]);
+            rounds.pending = again.into_iter().chain(before..batch.len()).collect();
+            self.abandon_revoked(batch, &mut rounds);
         }
     }
 
-    /// A lone message failed: waits the next pause for more messages. `Some(true)` if
-    /// some came (they join the batch, and the round starts again with all of them).
-    async fn seek_company(&mut self, batch: &mut Vec<Message>, round: &mut Round) -> Option<bool> {
-        let wait = round.pauses.next_delay();
-        let limit = self.config.batch_size;
-        let came = self.group.top_up(batch, wait, limit, &self.stop).await?;
-        if came == 0 {
-            return Some(false);
+    /// Drops from the rounds the messages of partitions the group took away.
+    fn abandon_revoked(&mut self, batch: &[Message], rounds: &mut Rounds) {
+        let revoked = self.group.forget_revoked();
+        if revoked.is_empty() {
+            return;
         }
-        self.count_consumed(&batch[batch.len() - came..]);
-        tracing::debug!(size = batch.len(), "a lone message failed; company came");
-        round.pending = (0..batch.len()).collect();
-        Some(true)
+        let gone = |i: &usize| revoked.contains(&(batch[*i].topic.clone(), batch[*i].partition));
+        let before = rounds.pending.len();
+        rounds.pending.retain(|i| !gone(i));
+        rounds.dead.retain(|d| !gone(&d.index));
+        tracing::info!(
+            abandoned = before - rounds.pending.len(),
+            "partitions revoked mid-batch: their messages are left to the new owner"
+        );
+        self.abandoned.extend(revoked);
     }
 
-    /// Settles what the round's outcomes settle; returns the indices to try again.
+    /// Settles what a round's outcomes settle; returns the indices to try again.
     fn judge(
         &mut self,
         batch: &[Message],
-        round: &mut Round,
+        rounds: &mut Rounds,
         outcomes: Vec<Outcome>,
     ) -> Vec<usize> {
         let now = Utc::now();
         let mut again = Vec::new();
-        for (&index, outcome) in round.pending.iter().zip(outcomes) {
-            let (failure, retryable) = match outcome {
+        let mut waits: Vec<(usize, Failure)> = Vec::new();
+        let round_size = rounds.pending.len();
+        for (&index, outcome) in rounds.pending.iter().zip(outcomes) {
+            let (failure, counts) = match outcome {
                 Outcome::Applied => {
                     self.count_settled(&batch[index], "consumer_applied_total");
                     continue;
@@ -116,35 +141,44 @@ impl<H: BatchHandler> Runner<H> {
                     self.count_settled(&batch[index], "consumer_duplicates_total");
                     continue;
                 }
+                Outcome::Wait(failure) => {
+                    waits.push((index, failure));
+                    again.push(index);
+                    continue;
+                }
                 Outcome::DeadLetter(failure) => (failure, false),
                 Outcome::Retry(failure) => (failure, true),
             };
-            let first = *round.first_failure.entry(index).or_insert(now);
-            if retryable && round.attempt < self.config.retry.max_attempts {
-                self.count_retry(&batch[index], &failure, round.attempt);
+            let first = *rounds.first_failure.entry(index).or_insert(now);
+            let attempts = rounds.attempts.entry(index).or_insert(0);
+            *attempts += 1;
+            if counts && *attempts < self.config.retry.max_attempts {
+                self.count_retry(&batch[index], &failure, *attempts);
                 again.push(index);
             } else {
-                round.dead.push(DeadLetter {
+                rounds.dead.push(DeadLetter {
                     index,
                     failure,
-                    attempts: round.attempt,
+                    attempts: *attempts,
                     first_failure: first,
                     last_failure: now,
                 });
             }
         }
+        self.count_waits(batch, &waits, waits.len() == round_size);
+        again.sort_unstable();
         again
     }
 
     /// One attempt at every message of `messages`, splitting a refused batch until each
     /// refused message is alone and answered with a dead letter.
-    async fn attempt_all(&mut self, messages: &[Message], round: u32) -> Option<Vec<Outcome>> {
+    async fn attempt_all(&mut self, messages: &[Message]) -> Result<Vec<Outcome>, Interrupted> {
         let mut outcomes = vec![Outcome::Applied; messages.len()];
         let mut parts: Vec<Range<usize>> = Vec::with_capacity(8);
         parts.push(0..messages.len());
         while let Some(part) = parts.pop() {
             match self
-                .attempt_through_outages(&messages[part.clone()], round)
+                .attempt_through_outages(&messages[part.clone()])
                 .await?
             {
                 Ok(answers) => {
@@ -167,46 +201,47 @@ impl<H: BatchHandler> Runner<H> {
                 }
             }
         }
-        Some(outcomes)
+        Ok(outcomes)
     }
 
     /// One attempt at `messages`, repeated with backoff while the handler reports an
-    /// outage — or, on the first round, while every one of two or more messages asks for
-    /// a retry: a failure that all of them share is an outage of what they depend on
-    /// (one message alone is no such evidence). `Err` carries the failure of a batch the
-    /// handler refused. An attempt in flight is never cut off (it may be committing);
-    /// `stop` only interrupts the pause between attempts, and then `None` is returned.
+    /// outage; the inner `Err` carries the failure of a batch the handler refused. An
+    /// attempt in flight is never cut off (it may be committing); `stop` only interrupts
+    /// the pause between attempts.
     async fn attempt_through_outages(
         &mut self,
         messages: &[Message],
-        round: u32,
-    ) -> Option<Result<Vec<Outcome>, Failure>> {
-        let mut pauses = self.retry_policy().pauses();
+    ) -> Result<Result<Vec<Outcome>, Failure>, Interrupted> {
+        let mut pauses = self.config.retry.pauses();
         loop {
             let reason = match self.handler.handle(messages).await {
+                Ok(outcomes) if outcomes.len() == messages.len() => return Ok(Ok(outcomes)),
                 Ok(outcomes) => {
-                    let outcomes = answer_for_every_message(outcomes, messages.len());
-                    let shared = round == 1
-                        && outcomes.len() > 1
-                        && outcomes.iter().all(|o| matches!(o, Outcome::Retry(_)));
-                    match outcomes.first() {
-                        Some(Outcome::Retry(failure)) if shared => format!(
-                            "every message of the batch failed: {}: {}",
-                            failure.class, failure.message
-                        ),
-                        _ => return Some(Ok(outcomes)),
-                    }
+                    return Err(Interrupted::Halt(self.handler_bug(messages, &outcomes)))
                 }
-                Err(BatchError::Refused(failure)) => return Some(Err(failure)),
+                Err(BatchError::Refused(failure)) => return Ok(Err(failure)),
                 Err(BatchError::Outage(reason)) => reason,
             };
             self.stats.outage_retries += 1;
             metrics::counter!("consumer_outage_retries_total").increment(1);
             tracing::warn!(error = %reason, "batch failed: outage; retrying");
             if !self.group.hold(pauses.next_delay(), &self.stop).await {
-                return None;
+                return Err(Interrupted::Stopped);
             }
         }
+    }
+
+    /// A handler that does not answer for every message is a bug: the consumer halts, and
+    /// nothing of the batch is committed.
+    fn handler_bug(&self, messages: &[Message], outcomes: &[Outcome]) -> ConsumerError {
+        let error = ConsumerError::HandlerBug {
+            topic: messages[0].topic.clone(),
+            expected: messages.len(),
+            got: outcomes.len(),
+        };
+        tracing::error!(%error, "consumer stopped: the handler broke its contract");
+        metrics::counter!("consumer_halts_total", "group" => self.config.group_id.clone(), "reason" => "handler-bug").increment(1);
+        error
     }
 
     /// Counts one settled message under `counter`, by group and topic.
@@ -225,19 +260,43 @@ impl<H: BatchHandler> Runner<H> {
             attempt, "message failed; retrying"
         );
     }
+
+    /// Counts the messages that wait this round, by class, and says so in one line; a
+    /// round in which everything waits is an outage retry.
+    fn count_waits(&mut self, batch: &[Message], waits: &[(usize, Failure)], all: bool) {
+        let Some((first, failure)) = waits.first() else {
+            return;
+        };
+        let mut by_class: HashMap<&str, u64> = HashMap::new();
+        for (_, f) in waits {
+            *by_class.entry(f.class.as_str()).or_default() += 1;
+        }
+        for (class, n) in by_class {
+            metrics::counter!("consumer_waits_total", "group" => self.config.group_id.clone(), "class" => class.to_owned()).increment(n);
+        }
+        if all {
+            self.stats.outage_retries += 1;
+            metrics::counter!("consumer_outage_retries_total").increment(1);
+        }
+        let message = &batch[*first];
+        tracing::warn!(
+            waiting = waits.len(), class = %failure.class, reason = %failure.message,
+            topic = %message.topic, partition = message.partition, offset = message.offset,
+            key = %message.key_text(), "messages wait; trying again"
+        );
+    }
 }
 
-/// A handler must answer for every message; one that does not is a bug, and the
-/// messages it left out are treated as applied rather than lost to a dead-letter topic by
-/// mistake.
-fn answer_for_every_message(mut outcomes: Vec<Outcome>, expected: usize) -> Vec<Outcome> {
-    if outcomes.len() != expected {
-        tracing::error!(
-            expected,
-            got = outcomes.len(),
-            "handler returned the wrong number of outcomes"
-        );
-        outcomes.resize(expected, Outcome::Applied);
+impl From<ConsumerError> for Interrupted {
+    fn from(error: ConsumerError) -> Self {
+        Interrupted::Halt(error)
     }
-    outcomes
+}
+
+/// The partitions of the messages at `indices`.
+fn partitions_of(batch: &[Message], indices: &[usize]) -> HashSet<(String, i32)> {
+    indices
+        .iter()
+        .map(|&i| (batch[i].topic.clone(), batch[i].partition))
+        .collect()
 }

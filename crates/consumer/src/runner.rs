@@ -2,7 +2,7 @@
 //! [`crate::rounds`]), dead-letter what failed, store the batch's offsets; at the end,
 //! commit and close.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use rdkafka::consumer::Consumer;
@@ -12,9 +12,8 @@ use tracing::Instrument;
 
 use crate::dead_letter::DeadLetter;
 use crate::group::Group;
-use crate::{
-    BatchHandler, ConsumerConfig, ConsumerError, DeadLetterPolicy, Message, RetryPolicy, Stats,
-};
+use crate::rounds::Interrupted;
+use crate::{BatchHandler, ConsumerConfig, ConsumerError, DeadLetterPolicy, Message, Stats};
 
 /// Consumes until `stop` is cancelled, then commits what was processed and returns.
 ///
@@ -43,6 +42,9 @@ pub struct Runner<H> {
     /// Cancelled to stop; a batch in flight is then left uncommitted.
     pub(crate) stop: CancellationToken,
     pub(crate) stats: Stats,
+    /// Partitions the group took away while the batch in hand was being applied: nothing
+    /// of them is committed or dead-lettered.
+    pub(crate) abandoned: HashSet<(String, i32)>,
 }
 
 impl<H: BatchHandler> Runner<H> {
@@ -60,15 +62,23 @@ impl<H: BatchHandler> Runner<H> {
             dead_letters,
             stop,
             stats: Stats::default(),
+            abandoned: HashSet::new(),
         })
     }
 
     /// The loop; see [`run`].
     pub async fn run(mut self) -> Result<Stats, ConsumerError> {
+        self.dead_letters.recall(&self.config).await;
         let result = loop {
             let Some(mut batch) = self.group.next_batch(&self.config, &self.stop).await else {
                 break Ok(());
             };
+            let revoked = self.group.forget_revoked();
+            batch.retain(|m| !revoked.contains(&(m.topic.clone(), m.partition)));
+            if batch.is_empty() {
+                continue;
+            }
+            self.abandoned.clear();
             let span = tracing::info_span!(
                 "batch",
                 group = %self.config.group_id,
@@ -100,8 +110,10 @@ impl<H: BatchHandler> Runner<H> {
     /// settled and the offsets may be stored; `Ok(false)` if `stop` came first.
     async fn process(&mut self, batch: &mut Vec<Message>) -> Result<bool, ConsumerError> {
         let retried_before = self.stats.retried.values().sum::<u64>();
-        let Some(dead) = self.apply(batch).await else {
-            return Ok(false);
+        let dead = match self.apply(batch).await {
+            Ok(dead) => dead,
+            Err(Interrupted::Stopped) => return Ok(false),
+            Err(Interrupted::Halt(error)) => return Err(error),
         };
         let batch = &batch[..];
         self.admit(batch, &dead)?;
@@ -121,7 +133,8 @@ impl<H: BatchHandler> Runner<H> {
             );
         }
         self.stats.batches += 1;
-        self.stats.processed += batch.len() as u64;
+        let kept = |m: &&Message| !self.abandoned.contains(&(m.topic.clone(), m.partition));
+        self.stats.processed += batch.iter().filter(kept).count() as u64;
         Ok(true)
     }
 
@@ -184,6 +197,9 @@ impl<H: BatchHandler> Runner<H> {
         }
         let mut list = TopicPartitionList::new();
         for ((topic, partition), offset) in next {
+            if self.abandoned.contains(&(topic.to_owned(), partition)) {
+                continue;
+            }
             // Fails only for an invalid offset, which a consumed message cannot have.
             let _ = list.add_partition_offset(topic, partition, Offset::Offset(offset));
         }
@@ -191,10 +207,6 @@ impl<H: BatchHandler> Runner<H> {
         if let Err(e) = self.group.consumer().store_offsets(&list) {
             tracing::debug!(error = %e, "storing offsets");
         }
-    }
-
-    pub(crate) fn retry_policy(&self) -> RetryPolicy {
-        self.config.retry
     }
 
     /// Counts the messages of a batch by topic, and its size.

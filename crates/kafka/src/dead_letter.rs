@@ -8,6 +8,11 @@ pub fn dead_letter_topic(topic: &str) -> String {
     format!("{topic}.DLT")
 }
 
+/// The header a record replayed from a dead-letter topic carries:
+/// `<dead-letter topic>/<partition>/<offset>`. A consumer that could have acted on the
+/// record before (a charge made, its answer lost) knows by it to ask first.
+pub const REDRIVEN_FROM: &str = "redriven-from";
+
 /// The headers added to every dead letter, modelled on Spring Kafka's `kafka_dlt-*` set.
 /// Values are UTF-8 text (numbers in decimal), so any tool can show them.
 pub mod headers {

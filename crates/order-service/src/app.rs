@@ -37,5 +37,20 @@ pub async fn build(config: Config) -> anyhow::Result<Application<OnPaymentOutcom
         resources,
         shutdown_timeout: config.shutdown_timeout(),
         http: config.http.clone(),
+        components: Vec::new(),
+        gauges: vec![pending_orders],
+    })
+}
+
+/// `orders_pending_oldest_age_seconds`: how long the oldest order not paid or failed yet
+/// has waited (0 when none waits). Alert when it exceeds what payment normally takes.
+fn pending_orders(pool: sqlx::PgPool) -> futures::future::BoxFuture<'static, ()> {
+    Box::pin(async move {
+        match crate::store::oldest_pending_age(&pool).await {
+            Ok(age) => metrics::gauge!("orders_pending_oldest_age_seconds").set(age.unwrap_or(0.0)),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: reading the oldest pending order failed")
+            }
+        }
     })
 }

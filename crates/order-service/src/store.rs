@@ -133,6 +133,34 @@ pub async fn list_orders(
     rows.into_iter().map(Order::try_from).collect()
 }
 
+/// Orders `PENDING` for longer than `older_than`, oldest first, at most `limit`.
+pub async fn pending_older_than(
+    pool: &PgPool,
+    older_than: std::time::Duration,
+    limit: u32,
+) -> Result<Vec<Order>, StoreError> {
+    let rows: Vec<OrderRow> = sqlx::query_as(
+        "SELECT id, amount, currency, status, created_at FROM orders
+         WHERE status = 'PENDING' AND created_at < now() - make_interval(secs => $1)
+         ORDER BY created_at LIMIT $2",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(Order::try_from).collect()
+}
+
+/// How long the oldest `PENDING` order has waited, in seconds; `None` when none waits.
+pub async fn oldest_pending_age(pool: &PgPool) -> Result<Option<f64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM orders
+         WHERE status = 'PENDING'",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 #[derive(sqlx::FromRow)]
 struct OrderRow {
     id: Uuid,

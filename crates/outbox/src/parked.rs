@@ -1,5 +1,6 @@
 //! Parked outbox rows: events Kafka refused for good. They are listed, and re-queued once
-//! the cause is fixed; later events of their keys wait behind them until then.
+//! the cause is fixed; later events of their keys wait behind them until then. Also the
+//! rows of given keys, whatever became of them ([`rows_of`]), for tracing a stuck order.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -50,4 +51,29 @@ pub async fn requeue(pool: &PgPool, ids: Option<&[i64]>) -> sqlx::Result<u64> {
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// An outbox row of some key, whatever became of it, for people.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct KeyRow {
+    pub id: i64,
+    pub topic: String,
+    pub message_key: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub published_at: Option<DateTime<Utc>>,
+    pub parked_at: Option<DateTime<Utc>>,
+}
+
+/// The rows of `keys` still in the outbox (published rows are removed after the
+/// retention), oldest first.
+pub async fn rows_of(pool: &PgPool, keys: &[String]) -> sqlx::Result<Vec<KeyRow>> {
+    sqlx::query_as(
+        "SELECT id, topic, message_key, attempts, last_error, created_at, published_at, parked_at
+         FROM outbox WHERE message_key = ANY($1) ORDER BY id",
+    )
+    .bind(keys)
+    .fetch_all(pool)
+    .await
 }

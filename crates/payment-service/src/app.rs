@@ -5,7 +5,7 @@ use anyhow::Context;
 use consumer::DeadLetterPolicy;
 use service_kit::{Application, Resources};
 
-use crate::gateway::{Gateway, HttpGateway, Simulated};
+use crate::gateway::{Gateway, HttpGateway, HttpSettings, Simulated};
 use crate::http::{router, AppState};
 use crate::on_order_created::OnOrderCreated;
 use crate::Config;
@@ -15,6 +15,16 @@ use crate::Config;
 /// what could not be reached.
 pub async fn build(config: Config) -> anyhow::Result<Application<OnOrderCreated>> {
     let gateway = gateway(&config)?;
+    let components = gateway.breaker().map(|breaker| {
+        let breaker = breaker.clone();
+        service_kit::health::Component {
+            name: "payment_gateway",
+            report: std::sync::Arc::new(move || {
+                let (state, detail) = breaker.report();
+                (state == crate::breaker::State::Closed, detail)
+            }),
+        }
+    });
     let resources = Resources::acquire(config.needs()).await?;
     let topics = config.topics();
     let bootstrap = &config.kafka.kafka_bootstrap;
@@ -42,6 +52,8 @@ pub async fn build(config: Config) -> anyhow::Result<Application<OnOrderCreated>
         resources,
         shutdown_timeout: config.shutdown_timeout(),
         http: config.http.clone(),
+        components: components.into_iter().collect(),
+        gauges: Vec::new(),
     })
 }
 
@@ -53,13 +65,22 @@ fn gateway(config: &Config) -> anyhow::Result<Gateway> {
             decline_above: config.simulated_decline_above,
         }));
     };
-    anyhow::ensure!(
-        url.starts_with("http://"),
-        "PAYMENT_GATEWAY_URL must start with http:// (this build speaks plain HTTP; put a \
-         TLS-terminating proxy in front of an https gateway): {url}"
-    );
-    let gateway = HttpGateway::new(url, config.gateway_timeout())
-        .context("creating the payment gateway client (PAYMENT_GATEWAY_URL)")?;
-    tracing::info!(%url, timeout = ?config.gateway_timeout(), "using the payment gateway over HTTP");
+    let ca_pem = match &config.gateway_ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading PAYMENT_GATEWAY_CA_FILE {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let settings = HttpSettings {
+        base_url: url.clone(),
+        timeout: config.gateway_timeout(),
+        ca_pem,
+        allow_http: config.gateway_allow_http,
+        breaker: config.breaker,
+    };
+    let gateway =
+        HttpGateway::new(&settings).context("the payment gateway (PAYMENT_GATEWAY_URL)")?;
+    tracing::info!(%url, timeout = ?config.gateway_timeout(), breaker = ?config.breaker, "using the payment gateway over HTTP");
     Ok(Gateway::Http(gateway))
 }

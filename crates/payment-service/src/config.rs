@@ -58,16 +58,32 @@ pub struct Config {
     #[arg(long, env = "PAYMENT_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
     pub db_acquire_timeout_secs: u64,
 
-    /// Base URL of the payment gateway (`http://host:port`; see docs/payment-gateway.md).
-    /// When unset, a built-in simulated gateway approves every charge, except those above
+    /// Base URL of the payment gateway (`https://host[:port][/path]`; see
+    /// docs/payment-gateway.md). Plain `http://` is accepted only to this machine
+    /// (127.0.0.1, ::1, localhost) unless PAYMENT_GATEWAY_ALLOW_HTTP is set. When unset, a
+    /// built-in simulated gateway approves every charge, except those above
     /// PAYMENT_SIMULATED_DECLINE_ABOVE.
     #[arg(long, env = "PAYMENT_GATEWAY_URL")]
     pub gateway_url: Option<String>,
 
+    /// A PEM file of certificate authorities to trust for the gateway's HTTPS, besides
+    /// the public ones (a private CA).
+    #[arg(long, env = "PAYMENT_GATEWAY_CA_FILE")]
+    pub gateway_ca_file: Option<std::path::PathBuf>,
+
+    /// Accept a plain `http://` gateway URL to another machine (card charges unencrypted).
+    #[arg(long, env = "PAYMENT_GATEWAY_ALLOW_HTTP", default_value_t = false,
+          action = clap::ArgAction::Set)]
+    pub gateway_allow_http: bool,
+
     /// Bound on one gateway call, from connecting to the whole answer, in milliseconds.
-    /// A call that takes longer is retried (CONSUMER_MAX_ATTEMPTS), then dead-lettered.
+    /// A call that times out may have charged: the gateway is asked what it did before
+    /// the order is charged again.
     #[arg(long, env = "PAYMENT_GATEWAY_TIMEOUT_MS", default_value_t = 2000)]
     pub gateway_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub breaker: crate::breaker::BreakerSettings,
 
     /// Most gateway calls in flight at once.
     #[arg(long, env = "PAYMENT_GATEWAY_CONCURRENCY", default_value_t = 32,

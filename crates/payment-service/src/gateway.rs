@@ -1,23 +1,32 @@
-//! The payment gateway: the third party that charges an order.
+//! The payment gateway's client: the third party that charges an order.
 //!
-//! Either a real gateway over HTTP ([`HttpGateway`], when `PAYMENT_GATEWAY_URL` is set) or
-//! the built-in [`Simulated`] one, which approves everything except what its decline rule
-//! says (for the demo and for benchmarks, with no network on the hot path).
+//! Either a real gateway over HTTP(S) ([`HttpGateway`], when `PAYMENT_GATEWAY_URL` is set)
+//! or the built-in [`Simulated`] one, which approves everything except what its decline
+//! rule says (for the demo and for benchmarks, with no network on the hot path).
 //!
-//! The HTTP protocol, written down in `docs/payment-gateway.md`:
-//! `POST {base}/charges` with `Idempotency-Key: <order id>` and
-//! `{"order_id", "amount", "currency"}`; the answer is
-//! `{"status": "approved", "reference": …}` or `{"status": "declined", "reason": …}`
-//! (a `402` is a decline too). Because the key is the order's id, a charge retried after a
-//! timeout or a crash can never charge twice.
+//! The protocol, written down in `docs/payment-gateway.md`:
+//! - `POST {base}/charges` with `Idempotency-Key: <order id>` and
+//!   `{"order_id", "amount", "currency"}`; the answer is `{"status": "approved",
+//!   "reference": …}` or `{"status": "declined", "reason": …}` (a `402` is a decline too);
+//! - `GET {base}/charges/{key}`: the charge made under that key, or `404 {"status":
+//!   "none"}`.
+//!
+//! Each answer is read for what it means ([`GatewayError`]): about this order (a decline;
+//! `400`, `422`: its data refused), about this key (`409`: a request with it in
+//! progress), or about the gateway (no connection, a timeout, `5xx`, `429`, `401`, `403`,
+//! a `404` from the charge endpoint). Every call goes through the process's circuit
+//! breaker ([`crate::breaker`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use events::{Amount, Currency};
+use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::breaker::{Breaker, BreakerSettings, Permit};
 use crate::domain::{clean, Charge};
 
 /// One charge: an order's amount.
@@ -28,33 +37,45 @@ pub struct ChargeRequest {
     pub currency: Currency,
 }
 
-/// A charge the gateway did not process.
-#[derive(Debug, Clone, thiserror::Error)]
+/// A call the gateway did not settle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
-    /// A 5xx, 408 or 429, a timeout, or no connection: it may pass, so it is retried.
-    #[error("payment gateway unavailable: {0}")]
-    Unavailable(String),
-    /// Another 4xx: the gateway will never accept this request as it is.
+    /// About the gateway, not the order: no connection, a timeout, `5xx`, `408`, `429`,
+    /// `401`, `403`, a `404` from its endpoint, an unreadable answer. With
+    /// `unknown_outcome`, the request reached the gateway and may have charged (a timeout
+    /// or a reset after it was sent, `5xx`, an unreadable `2xx`): ask before charging
+    /// again.
+    #[error("payment gateway unavailable: {reason}")]
+    Unavailable {
+        reason: String,
+        unknown_outcome: bool,
+    },
+    /// `409`: a request with this key is in progress at the gateway.
+    #[error("payment gateway: a request with this key is in progress ({0})")]
+    InProgress(String),
+    /// `400` or `422`: the gateway refuses this order's data as it is.
     #[error("payment gateway refused the request: {0}")]
     Refused(String),
+    /// The circuit breaker is open: no call was made.
+    #[error("payment gateway circuit breaker open: {0}")]
+    Open(String),
 }
 
 impl GatewayError {
-    /// What the consumer does about it: retry an unavailable gateway, dead-letter a
-    /// refused request at once.
-    pub fn outcome(&self) -> consumer::Outcome {
-        let failure = consumer::Failure::new(self.class(), self.to_string());
-        match self {
-            GatewayError::Unavailable(_) => consumer::Outcome::Retry(failure),
-            GatewayError::Refused(_) => consumer::Outcome::DeadLetter(failure),
+    fn unavailable(reason: impl Into<String>, unknown_outcome: bool) -> Self {
+        GatewayError::Unavailable {
+            reason: reason.into(),
+            unknown_outcome,
         }
     }
 
-    /// The error class in dead-letter headers and counts.
-    pub fn class(&self) -> &'static str {
+    /// The `outcome` label of `payment_gateway_calls_total`.
+    fn label(&self) -> &'static str {
         match self {
-            GatewayError::Unavailable(_) => consumer::class::GATEWAY_UNAVAILABLE,
-            GatewayError::Refused(_) => consumer::class::GATEWAY_REFUSED,
+            GatewayError::Unavailable { .. } => "unavailable",
+            GatewayError::InProgress(_) => "in-progress",
+            GatewayError::Refused(_) => "refused",
+            GatewayError::Open(_) => "breaker-open",
         }
     }
 }
@@ -67,8 +88,8 @@ pub enum Gateway {
 }
 
 impl Gateway {
-    /// Counted in `payment_gateway_calls_total{gateway,outcome}` (`approved`, `declined`,
-    /// `unavailable`, `refused`) and timed in `payment_gateway_call_duration_seconds`.
+    /// Charges an order. Counted in `payment_gateway_calls_total{gateway,call,outcome}`
+    /// and timed in `payment_gateway_call_duration_seconds`.
     pub async fn charge(&self, request: &ChargeRequest) -> Result<Charge, GatewayError> {
         let started = std::time::Instant::now();
         let (kind, result) = match self {
@@ -78,13 +99,27 @@ impl Gateway {
         let outcome = match &result {
             Ok(Charge::Approved { .. }) => "approved",
             Ok(Charge::Declined { .. }) => "declined",
-            Err(GatewayError::Unavailable(_)) => "unavailable",
-            Err(GatewayError::Refused(_)) => "refused",
+            Err(e) => e.label(),
         };
-        metrics::counter!("payment_gateway_calls_total", "gateway" => kind, "outcome" => outcome)
-            .increment(1);
-        metrics::histogram!("payment_gateway_call_duration_seconds", "gateway" => kind)
-            .record(started.elapsed().as_secs_f64());
+        count_call(kind, "charge", outcome, started);
+        result
+    }
+
+    /// What the gateway did with `order_id`'s key: its charge, or `None` if it made none.
+    pub async fn inquire(&self, order_id: Uuid) -> Result<Option<Charge>, GatewayError> {
+        let started = std::time::Instant::now();
+        let (kind, result) = match self {
+            Gateway::Http(gateway) => ("http", gateway.inquire(order_id).await),
+            // It keeps nothing: it never made a charge it could not answer for.
+            Gateway::Simulated(_) => ("simulated", Ok(None)),
+        };
+        let outcome = match &result {
+            Ok(Some(Charge::Approved { .. })) => "approved",
+            Ok(Some(Charge::Declined { .. })) => "declined",
+            Ok(None) => "none",
+            Err(e) => e.label(),
+        };
+        count_call(kind, "inquire", outcome, started);
         result
     }
 
@@ -92,6 +127,26 @@ impl Gateway {
     pub fn is_remote(&self) -> bool {
         matches!(self, Gateway::Http(_))
     }
+
+    /// The circuit breaker of a remote gateway.
+    pub fn breaker(&self) -> Option<&Arc<Breaker>> {
+        match self {
+            Gateway::Http(gateway) => Some(&gateway.breaker),
+            Gateway::Simulated(_) => None,
+        }
+    }
+}
+
+fn count_call(
+    kind: &'static str,
+    call: &'static str,
+    outcome: &'static str,
+    started: std::time::Instant,
+) {
+    metrics::counter!("payment_gateway_calls_total", "gateway" => kind, "call" => call, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("payment_gateway_call_duration_seconds", "gateway" => kind, "call" => call)
+        .record(started.elapsed().as_secs_f64());
 }
 
 /// Approves every charge, except those above `decline_above` when it is set.
@@ -111,11 +166,45 @@ impl Simulated {
     }
 }
 
-/// A gateway over HTTP, every call bounded by a timeout.
+/// How to reach a gateway over HTTP(S).
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// The gateway's root: `https://host[:port][/base]` (or `http://` on loopback, or
+    /// with `allow_http`).
+    pub base_url: String,
+    /// Bounds each call, from connecting to reading the whole answer.
+    pub timeout: Duration,
+    /// A private certificate authority to trust (PEM), besides the public ones.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Plain HTTP to a host that is not the loopback.
+    pub allow_http: bool,
+    pub breaker: BreakerSettings,
+}
+
+/// Why a gateway client cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("PAYMENT_GATEWAY_URL is not a URL: {0}")]
+    Url(String),
+    #[error(
+        "PAYMENT_GATEWAY_URL is plain http:// to {0}, which is not this machine: use https://, \
+         or set PAYMENT_GATEWAY_ALLOW_HTTP=true to send card charges unencrypted"
+    )]
+    PlainHttp(String),
+    #[error("PAYMENT_GATEWAY_URL must start with https:// or http://: {0}")]
+    Scheme(String),
+    #[error("PAYMENT_GATEWAY_CA_FILE holds no certificate: {0}")]
+    Certificate(String),
+    #[error("creating the HTTP client: {0}")]
+    Client(String),
+}
+
+/// A gateway over HTTP(S), every call bounded by a timeout and guarded by the breaker.
 #[derive(Debug, Clone)]
 pub struct HttpGateway {
     client: reqwest::Client,
     charges_url: String,
+    breaker: Arc<Breaker>,
 }
 
 #[derive(Deserialize)]
@@ -130,62 +219,189 @@ struct DeclineBody {
     reason: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct NoneBody {
+    status: String,
+}
+
 impl HttpGateway {
-    /// `base_url` is the gateway's root (`http://host:port`); `timeout` bounds each call,
-    /// from connecting to reading the whole answer.
-    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()?;
+    pub fn new(settings: &HttpSettings) -> Result<Self, SetupError> {
+        let url = reqwest::Url::parse(&settings.base_url)
+            .map_err(|e| SetupError::Url(format!("{}: {e}", settings.base_url)))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if settings.allow_http || is_loopback(&url) => {}
+            "http" => {
+                return Err(SetupError::PlainHttp(
+                    url.host_str().unwrap_or("").to_owned(),
+                ))
+            }
+            _ => return Err(SetupError::Scheme(settings.base_url.clone())),
+        }
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout);
+        if let Some(pem) = &settings.ca_pem {
+            let certificates = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| SetupError::Certificate(e.to_string()))?;
+            if certificates.is_empty() {
+                return Err(SetupError::Certificate("no PEM certificate found".into()));
+            }
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let client = builder
+            .build()
+            .map_err(|e| SetupError::Client(e.to_string()))?;
         Ok(Self {
             client,
-            charges_url: format!("{}/charges", base_url.trim_end_matches('/')),
+            charges_url: format!("{}/charges", settings.base_url.trim_end_matches('/')),
+            breaker: Arc::new(Breaker::new(settings.breaker)),
         })
     }
 
     async fn charge(&self, request: &ChargeRequest) -> Result<Charge, GatewayError> {
+        let key = request.order_id.to_string();
+        self.guarded(&key, true, self.post_charge(request, &key))
+            .await
+    }
+
+    async fn inquire(&self, order_id: Uuid) -> Result<Option<Charge>, GatewayError> {
+        let key = order_id.to_string();
+        self.guarded(&key, false, self.get_charge(&key)).await
+    }
+
+    /// Makes `call` if the breaker lets it (probing first when it is half-open), and
+    /// tells the breaker what came of it.
+    async fn guarded<T>(
+        &self,
+        key: &str,
+        charge: bool,
+        call: impl std::future::Future<Output = Result<T, GatewayError>>,
+    ) -> Result<T, GatewayError> {
+        match self.breaker.permit() {
+            Permit::Call => {}
+            Permit::Refused => return Err(GatewayError::Open(self.breaker.report().1)),
+            Permit::Probe => {
+                let probe = self.get_charge(&Uuid::new_v4().to_string()).await;
+                let reason = probe
+                    .as_ref()
+                    .err()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                self.breaker.probed(probe.is_ok(), &reason);
+                if probe.is_err() {
+                    return Err(GatewayError::Open(reason));
+                }
+            }
+        }
+        let result = call.await;
+        match &result {
+            Err(GatewayError::Unavailable { reason, .. }) => self.breaker.failed(key, reason),
+            Err(GatewayError::Open(_)) => {}
+            Ok(_) | Err(GatewayError::Refused(_) | GatewayError::InProgress(_)) => {
+                self.breaker.answered(charge)
+            }
+        }
+        result
+    }
+
+    async fn post_charge(
+        &self,
+        request: &ChargeRequest,
+        key: &str,
+    ) -> Result<Charge, GatewayError> {
         let mut response = self
             .client
             .post(&self.charges_url)
-            .header("idempotency-key", request.order_id.to_string())
+            .header("idempotency-key", key)
             .json(request)
             .send()
             .await
-            .map_err(|e| GatewayError::Unavailable(describe(&e)))?;
+            .map_err(|e| GatewayError::unavailable(describe(&e), !e.is_connect()))?;
         let status = response.status();
         let body = read_bounded(&mut response).await;
-        if status == reqwest::StatusCode::PAYMENT_REQUIRED {
-            let reason = body
-                .ok()
-                .and_then(|b| serde_json::from_slice::<DeclineBody>(&b).ok())
-                .and_then(|b| b.reason);
-            return Ok(Charge::declined(reason.as_deref().unwrap_or("declined")));
-        }
-        if status.is_server_error()
-            || status == reqwest::StatusCode::REQUEST_TIMEOUT
-            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-        {
-            return Err(GatewayError::Unavailable(format!("answered {status}")));
-        }
-        if !status.is_success() {
-            let text = body.map_or_else(|e| e, |b| String::from_utf8_lossy(&b).into_owned());
-            return Err(GatewayError::Refused(format!(
-                "answered {status}: {}",
-                clean(&text, 200)
-            )));
-        }
-        // An unreadable success may still have charged: retrying with the same key is
-        // safe, so it counts as unavailable rather than refused.
-        let body = body.map_err(GatewayError::Unavailable)?;
-        match serde_json::from_slice::<Answer>(&body) {
-            Ok(Answer::Approved { reference }) => Ok(Charge::approved(&reference)),
-            Ok(Answer::Declined { reason }) => Ok(Charge::declined(&reason)),
-            Err(e) => Err(GatewayError::Unavailable(format!(
-                "unreadable answer ({status}): {e}"
-            ))),
+        match status {
+            StatusCode::PAYMENT_REQUIRED => {
+                let reason = body
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<DeclineBody>(&b).ok())
+                    .and_then(|b| b.reason);
+                Ok(Charge::declined(reason.as_deref().unwrap_or("declined")))
+            }
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+                Err(GatewayError::Refused(answered(status, body)))
+            }
+            StatusCode::CONFLICT => Err(GatewayError::InProgress(answered(status, body))),
+            status if status.is_success() => read_charge(status, body),
+            // It may have charged before failing.
+            status if status.is_server_error() => {
+                Err(GatewayError::unavailable(answered(status, body), true))
+            }
+            status => Err(GatewayError::unavailable(answered(status, body), false)),
         }
     }
+
+    async fn get_charge(&self, key: &str) -> Result<Option<Charge>, GatewayError> {
+        let mut response = self
+            .client
+            .get(format!("{}/{key}", self.charges_url))
+            .send()
+            .await
+            .map_err(|e| GatewayError::unavailable(describe(&e), false))?;
+        let status = response.status();
+        let body = read_bounded(&mut response).await;
+        match status {
+            StatusCode::NOT_FOUND => {
+                // "No such charge" only when it says so: a 404 from a wrong base path or
+                // a proxy is about the gateway.
+                let none = body
+                    .as_ref()
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<NoneBody>(b).ok())
+                    .is_some_and(|b| b.status == "none");
+                if none {
+                    Ok(None)
+                } else {
+                    Err(GatewayError::unavailable(answered(status, body), false))
+                }
+            }
+            status if status.is_success() => read_charge(status, body)
+                .map(Some)
+                .map_err(|e| GatewayError::unavailable(e.to_string(), false)),
+            status => Err(GatewayError::unavailable(answered(status, body), false)),
+        }
+    }
+}
+
+/// A `2xx` answer as a charge; one that cannot be read may still have charged.
+fn read_charge(status: StatusCode, body: Result<Vec<u8>, String>) -> Result<Charge, GatewayError> {
+    let body = body.map_err(|e| GatewayError::unavailable(e, true))?;
+    match serde_json::from_slice::<Answer>(&body) {
+        Ok(Answer::Approved { reference }) => Ok(Charge::approved(&reference)),
+        Ok(Answer::Declined { reason }) => Ok(Charge::declined(&reason)),
+        Err(e) => Err(GatewayError::unavailable(
+            format!("unreadable answer ({status}): {e}"),
+            true,
+        )),
+    }
+}
+
+/// `answered 503: <body>`, the body cleaned and cut.
+fn answered(status: StatusCode, body: Result<Vec<u8>, String>) -> String {
+    let text = body.map_or_else(|e| e, |b| String::from_utf8_lossy(&b).into_owned());
+    format!("answered {status}: {}", clean(&text, 200))
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or("");
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The largest answer read from the gateway; a larger one is not an answer this protocol
@@ -218,7 +434,15 @@ fn describe(error: &reqwest::Error) -> String {
     } else if error.is_connect() {
         format!("cannot connect: {error}")
     } else {
-        error.to_string()
+        use std::error::Error;
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
     }
 }
 
@@ -251,6 +475,37 @@ mod tests {
         assert!(matches!(
             approving.charge(&request("999999.99")),
             Charge::Approved { .. }
+        ));
+    }
+
+    fn settings(url: &str, allow_http: bool) -> HttpSettings {
+        HttpSettings {
+            base_url: url.to_owned(),
+            timeout: Duration::from_secs(1),
+            ca_pem: None,
+            allow_http,
+            breaker: BreakerSettings::default(),
+        }
+    }
+
+    #[test]
+    fn plain_http_is_accepted_only_to_the_loopback_unless_allowed() {
+        for url in [
+            "http://127.0.0.1:9000",
+            "http://localhost:9000",
+            "http://[::1]:9000",
+        ] {
+            assert!(HttpGateway::new(&settings(url, false)).is_ok(), "{url}");
+        }
+        assert!(matches!(
+            HttpGateway::new(&settings("http://pay.example.com", false)),
+            Err(SetupError::PlainHttp(_))
+        ));
+        assert!(HttpGateway::new(&settings("http://pay.example.com", true)).is_ok());
+        assert!(HttpGateway::new(&settings("https://pay.example.com", false)).is_ok());
+        assert!(matches!(
+            HttpGateway::new(&settings("ftp://pay.example.com", true)),
+            Err(SetupError::Scheme(_))
         ));
     }
 }

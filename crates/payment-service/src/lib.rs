@@ -6,7 +6,9 @@
 //! - [`config`]: every setting, from flags or environment variables.
 //! - [`domain`]: the payment — where it is decided: a charge (approved or declined)
 //!   becomes a payment (`COMPLETED` or `FAILED`), a payment its event.
-//! - [`gateway`]: the payment gateway's client — over HTTP, or the built-in simulated one.
+//! - [`gateway`]: the payment gateway's client — over HTTP(S), or the built-in simulated
+//!   one — and what each answer means; [`breaker`]: its circuit breaker; [`charging`]:
+//!   a batch's charges, and what a failed one means (retry, wait or dead letter).
 //! - [`store`]: PostgreSQL — typed payments, and the one place that decides which
 //!   payments are new (the inbox, then `ON CONFLICT (order_id) DO NOTHING`: never twice).
 //! - [`on_order_created`]: the `order.created` handler — decodes, charges the orders not
@@ -15,6 +17,8 @@
 //! - [`app`]: wires the HTTP API, the outbox relay and the consumer together; [`build`].
 
 pub mod app;
+pub mod breaker;
+pub mod charging;
 pub mod config;
 pub mod domain;
 pub mod gateway;

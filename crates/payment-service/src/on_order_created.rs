@@ -7,58 +7,42 @@
 //! 2. with a remote gateway, one query finds the orders that already have a payment (a
 //!    redelivery or replay), so the gateway is not asked again; the simulated gateway
 //!    costs nothing to ask again, so the hot path skips that round trip;
-//! 3. the other orders are charged, concurrently when the gateway is remote. A charge
-//!    that fails transiently asks the runner to retry that message alone; one the gateway
-//!    refuses is dead-lettered;
+//! 3. the other orders are charged ([`crate::charging`]: concurrently when the gateway is
+//!    remote; a failure becomes a retry, a wait or a dead letter by what it means);
 //! 4. one transaction stores what is new ([`crate::store::store_new`], the one place that
 //!    decides it) and queues the new payments' events in the outbox.
 //!
 //! A database error is an outage (the runner retries the whole batch) unless it is one
 //! that would recur however often it is tried — a value the database refuses — which the
-//! runner pins to its message by splitting the batch ([`service_kit::database`]). The
-//! gateway's answers are kept until they are stored, so a retried batch does not ask the
-//! gateway again; a charge that is asked again carries the same idempotency key, which
-//! cannot charge twice.
+//! runner pins to its message by splitting the batch ([`service_kit::database`]).
 
 use std::collections::{HashMap, HashSet};
 
-use std::sync::Mutex;
-
 use consumer::{BatchError, BatchHandler, Failure, Message, Outcome};
 use events::{Envelope, OrderCreated};
-use futures::StreamExt;
 use outbox::Outbox;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::domain::{Charge, NewPayment, Payment};
-use crate::gateway::{ChargeRequest, Gateway, GatewayError};
+use crate::charging::{self, Charging};
+use crate::domain::{NewPayment, Payment};
+use crate::gateway::{ChargeRequest, Gateway};
 use crate::store;
 
 pub struct OnOrderCreated {
     pub pool: PgPool,
     /// Where the payments' events are queued.
     pub outbox: Outbox,
-    pub gateway: Gateway,
-    /// Most charges in flight at once, for a remote gateway.
-    pub gateway_concurrency: usize,
-    /// The gateway's answers not stored yet, by order: a batch tried again after an
-    /// outage, or split to find a refused message, does not ask the gateway again.
-    pub answered: Mutex<HashMap<Uuid, Charge>>,
+    /// The gateway, and what the process remembers of its answers.
+    pub charging: Charging,
 }
-
-/// More answers than this waiting to be stored means they are not being stored at all:
-/// they are dropped rather than kept without bound.
-const MAX_KEPT_ANSWERS: usize = 100_000;
 
 impl OnOrderCreated {
     pub fn new(pool: PgPool, outbox: Outbox, gateway: Gateway, gateway_concurrency: usize) -> Self {
         Self {
             pool,
             outbox,
-            gateway,
-            gateway_concurrency,
-            answered: Mutex::new(HashMap::new()),
+            charging: Charging::new(gateway, gateway_concurrency),
         }
     }
 }
@@ -78,7 +62,7 @@ impl BatchHandler for OnOrderCreated {
         }
         let database = |e| service_kit::database::batch_error("payment database", e);
 
-        let paid: HashSet<Uuid> = if self.gateway.is_remote() {
+        let paid: HashSet<Uuid> = if self.charging.gateway.is_remote() {
             let order_ids: Vec<Uuid> = orders.iter().map(|(_, e)| e.payload.order_id).collect();
             store::paid_orders(&self.pool, &order_ids)
                 .await
@@ -89,7 +73,21 @@ impl BatchHandler for OnOrderCreated {
             HashSet::new()
         };
 
-        let charges = self.charge_all(&orders, &paid).await;
+        let to_charge = orders
+            .iter()
+            .filter(|(_, e)| !paid.contains(&e.payload.order_id))
+            .map(|(index, e)| charging::Order {
+                request: ChargeRequest {
+                    order_id: e.payload.order_id,
+                    amount: e.payload.amount,
+                    currency: e.payload.currency,
+                },
+                redriven: batch[*index]
+                    .last_header_text(kafka::dead_letter::REDRIVEN_FROM)
+                    .is_some(),
+            })
+            .collect();
+        let charges = self.charging.charge_all(to_charge).await;
         let mut applied = Vec::with_capacity(orders.len());
         let mut charged = Vec::with_capacity(orders.len());
         for (index, event) in &orders {
@@ -105,7 +103,7 @@ impl BatchHandler for OnOrderCreated {
                         trace: batch[*index].trace.as_ref(),
                     });
                 }
-                Some(Err(e)) => outcomes[*index] = e.outcome(),
+                Some(Err(outcome)) => outcomes[*index] = outcome.clone(),
             }
         }
         let mut tx = self.pool.begin().await.map_err(database)?;
@@ -116,7 +114,8 @@ impl BatchHandler for OnOrderCreated {
             .events_of(&stored.payments, &charged)
             .map_err(database)?;
         self.outbox.commit(tx, events).await.map_err(database)?;
-        self.forget(orders.iter().map(|(_, e)| e.payload.order_id));
+        self.charging
+            .forget(orders.iter().map(|(_, e)| e.payload.order_id));
         for (index, event) in &orders {
             if !matches!(outcomes[*index], Outcome::Applied) {
                 continue;
@@ -175,72 +174,5 @@ impl OnOrderCreated {
                 .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         }
         Ok(events)
-    }
-
-    /// Charges each order not in `paid`, once per order even if the batch holds it twice;
-    /// an order the gateway already answered (in an earlier try of this batch) is not
-    /// asked again.
-    async fn charge_all(
-        &self,
-        orders: &[(usize, Envelope<OrderCreated>)],
-        paid: &HashSet<Uuid>,
-    ) -> HashMap<Uuid, Result<Charge, GatewayError>> {
-        let mut results: HashMap<Uuid, Result<Charge, GatewayError>> = HashMap::new();
-        {
-            let answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
-            for (_, event) in orders {
-                let order_id = event.payload.order_id;
-                if let Some(charge) = answered.get(&order_id) {
-                    results.insert(order_id, Ok(charge.clone()));
-                }
-            }
-        }
-        let mut seen = HashSet::new();
-        let requests: Vec<ChargeRequest> = orders
-            .iter()
-            .map(|(_, e)| &e.payload)
-            .filter(|o| {
-                !paid.contains(&o.order_id)
-                    && !results.contains_key(&o.order_id)
-                    && seen.insert(o.order_id)
-            })
-            .map(|o| ChargeRequest {
-                order_id: o.order_id,
-                amount: o.amount,
-                currency: o.currency,
-            })
-            .collect();
-        let concurrency = if self.gateway.is_remote() {
-            self.gateway_concurrency.max(1)
-        } else {
-            1
-        };
-        let asked: Vec<(Uuid, Result<Charge, GatewayError>)> = futures::stream::iter(requests)
-            .map(|request| async move {
-                let result = self.gateway.charge(&request).await;
-                (request.order_id, result)
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
-        if answered.len() > MAX_KEPT_ANSWERS {
-            answered.clear();
-        }
-        for (order_id, result) in asked {
-            if let Ok(charge) = &result {
-                answered.insert(order_id, charge.clone());
-            }
-            results.insert(order_id, result);
-        }
-        results
-    }
-
-    /// Drops the kept answers of orders whose payments are stored.
-    fn forget(&self, orders: impl Iterator<Item = Uuid>) {
-        let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
-        for order_id in orders {
-            answered.remove(&order_id);
-        }
     }
 }

@@ -21,7 +21,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 
 /// The header a replayed record carries: `<dead-letter topic>/<partition>/<offset>`.
-pub const REDRIVEN_FROM: &str = "redriven-from";
+pub use kafka::dead_letter::REDRIVEN_FROM;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedriveError {

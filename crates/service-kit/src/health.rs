@@ -19,6 +19,15 @@ use sqlx::PgPool;
 /// Bound on each check.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A part of a service reported in the readiness body (`components`) without deciding
+/// readiness: the payment gateway's circuit breaker, say.
+#[derive(Clone)]
+pub struct Component {
+    pub name: &'static str,
+    /// Whether it is well, and what to say about it.
+    pub report: Arc<dyn Fn() -> (bool, String) + Send + Sync>,
+}
+
 /// What the readiness checks look at; cheap to clone.
 #[derive(Clone)]
 pub struct Health {
@@ -28,6 +37,7 @@ pub struct Health {
     halted: Arc<Mutex<Option<String>>>,
     /// The relay is stuck when the oldest unpublished row is older than this.
     relay_stuck_after: Duration,
+    components: Arc<Vec<Component>>,
 }
 
 /// The answer of `GET /health/ready`.
@@ -36,6 +46,8 @@ struct Readiness {
     status: &'static str,
     /// Each check by name: `ok`, or why not.
     checks: Vec<Check>,
+    /// Reported, not deciding readiness.
+    components: Vec<Check>,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,7 +64,14 @@ impl Health {
             producer,
             halted: Arc::default(),
             relay_stuck_after,
+            components: Arc::default(),
         }
+    }
+
+    /// Also reports `components` in the body.
+    pub fn with_components(mut self, components: Vec<Component>) -> Self {
+        self.components = Arc::new(components);
+        self
     }
 
     /// Marks the consumer halted, with the reason readiness reports.
@@ -151,9 +170,22 @@ async fn ready(State(health): State<Health>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let components = health
+        .components
+        .iter()
+        .map(|c| {
+            let (ok, detail) = (c.report)();
+            Check {
+                name: c.name,
+                ok,
+                detail,
+            }
+        })
+        .collect();
     let body = Readiness {
         status: if ok { "ready" } else { "not ready" },
         checks,
+        components,
     };
     (status, Json(body)).into_response()
 }

@@ -129,6 +129,10 @@ pub struct Application<H> {
     pub shutdown_timeout: Duration,
     /// Bounds on HTTP clients.
     pub http: HttpSettings,
+    /// Reported in the readiness body without deciding it.
+    pub components: Vec<crate::health::Component>,
+    /// Gauges read from the database at each scrape of `/metrics`.
+    pub gauges: Vec<crate::metrics::AtScrape>,
 }
 
 impl<H: BatchHandler> Application<H> {
@@ -160,12 +164,13 @@ impl<H: BatchHandler> Application<H> {
             outbox,
         } = self.resources;
         let wake = outbox.wake();
-        let health = Health::new(pool.clone(), producer.clone(), self.relay_stuck_after);
+        let health = Health::new(pool.clone(), producer.clone(), self.relay_stuck_after)
+            .with_components(self.components);
         let router = crate::http::instrument(
             name,
             self.router
                 .merge(health.clone().router())
-                .merge(crate::metrics::router(name, pool.clone())),
+                .merge(crate::metrics::router(name, pool.clone(), self.gauges)),
             &self.http,
         );
         let relay =

@@ -54,16 +54,41 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// The route `GET /metrics` of service `service`, which also reports its outbox.
-pub fn router(service: &'static str, pool: PgPool) -> Router {
+/// A gauge a service reads from its own database at each scrape (so it is never stale):
+/// given the pool, it records its value through the `metrics` facade.
+pub type AtScrape = fn(PgPool) -> futures::future::BoxFuture<'static, ()>;
+
+/// What `GET /metrics` reads at each scrape.
+#[derive(Clone)]
+struct Scrape {
+    service: &'static str,
+    pool: PgPool,
+    gauges: Vec<AtScrape>,
+}
+
+/// The route `GET /metrics` of service `service`, which also reports its outbox and
+/// records `gauges` at each scrape.
+pub fn router(service: &'static str, pool: PgPool, gauges: Vec<AtScrape>) -> Router {
     let _ = handle();
     Router::new()
         .route("/metrics", get(scrape))
-        .with_state((service, pool))
+        .with_state(Scrape {
+            service,
+            pool,
+            gauges,
+        })
 }
 
-async fn scrape(State((service, pool)): State<(&'static str, PgPool)>) -> Response {
-    record_outbox(service, &pool).await;
+async fn scrape(State(scrape): State<Scrape>) -> Response {
+    record_outbox(scrape.service, &scrape.pool).await;
+    for gauge in &scrape.gauges {
+        if tokio::time::timeout(OUTBOX_QUERY_TIMEOUT, gauge(scrape.pool.clone()))
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?OUTBOX_QUERY_TIMEOUT, "metrics: a scrape-time gauge timed out");
+        }
+    }
     let handle = handle();
     handle.run_upkeep();
     (

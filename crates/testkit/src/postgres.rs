@@ -178,7 +178,7 @@ impl PostgresServer {
             url: self.url_for(&name),
             name,
             pool,
-            admin: self.admin.clone(),
+            admin: Some(self.admin.clone()),
         })
     }
 
@@ -199,8 +199,9 @@ pub struct TestDatabase {
     /// A URL a service under test can be configured with.
     pub url: String,
     pool: PgPool,
-    /// To drop the database afterwards.
-    admin: PgConnectOptions,
+    /// To drop the database afterwards; `None` for a shared handle, which leaves that to
+    /// the owner.
+    admin: Option<PgConnectOptions>,
 }
 
 impl TestDatabase {
@@ -208,12 +209,25 @@ impl TestDatabase {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// Another handle on the same database (for several instances of a service on one
+    /// database); the database is removed when the original is dropped, not this one.
+    pub fn shared(&self) -> TestDatabase {
+        TestDatabase {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            pool: self.pool.clone(),
+            admin: None,
+        }
+    }
 }
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        let Some(admin) = self.admin.take() else {
+            return;
+        };
         let name = std::mem::take(&mut self.name);
-        let admin = self.admin.clone();
         spawn_detached(async move {
             // FORCE ends this test's connections, wherever its pool lives.
             if let Ok(mut connection) = admin.connect().await {
