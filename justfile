@@ -69,6 +69,11 @@ ps:
 redrive *ARGS:
     @cargo run --quiet -p redrive -- {{ARGS}}
 
+# Orders PENDING for longer than an age (default 5m), with what is known of each: `just pending-orders 10m`
+[group('operate')]
+pending-orders AGE="5m" *ARGS:
+    @cargo run --quiet -p pending-orders -- --older-than {{AGE}} {{ARGS}}
+
 # Parked outbox rows of a service's database: `just outbox order parked`, `just outbox payment requeue`
 [group('operate')]
 outbox SERVICE *ARGS:
