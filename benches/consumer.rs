@@ -199,8 +199,12 @@ impl Bench {
     async fn service(&self) -> Duration {
         let db = self.postgres.fresh_database().await.expect("database");
         let prefix = self.topics.order_created.trim_end_matches("order.created");
-        let mut config = payment_service::Config::for_test(&db.url, self.kafka.bootstrap(), prefix);
-        config.consumer_group = unique_name("bench-service");
+        let mut config = testkit::services::test_config::<payment_service::Config>(
+            &db.url,
+            self.kafka.bootstrap(),
+            prefix,
+        );
+        config.service.consumer_group = unique_name("bench-service");
         let running = Running::start(payment_service::build(config).await.expect("build"));
         let deadline = Instant::now() + LIMIT;
         while payments(&db).await == 0 {

@@ -334,16 +334,22 @@ fn main() {
     let (payments, _) = Service::start("payment-service", {
         let (bootstrap, prefix) = (bootstrap.clone(), prefix.clone());
         move || async move {
-            let mut config = payment_service::Config::for_test(&payment_url, &bootstrap, &prefix);
-            config.consumer_group = format!("{prefix}payment-service");
+            let mut config = testkit::services::test_config::<payment_service::Config>(
+                &payment_url,
+                &bootstrap,
+                &prefix,
+            );
+            config.service.consumer_group = format!("{prefix}payment-service");
             payment_service::build(config).await
         }
     });
     let (orders, order_port) = Service::start("order-service", {
         let (bootstrap, prefix) = (bootstrap.clone(), prefix.clone());
         move || async move {
-            let mut config = order_service::Config::for_test(&order_url, &bootstrap, &prefix);
-            config.consumer_group = format!("{prefix}order-service");
+            let mut config = testkit::services::test_config::<order_service::Config>(
+                &order_url, &bootstrap, &prefix,
+            );
+            config.service.consumer_group = format!("{prefix}order-service");
             order_service::build(config).await
         }
     });

@@ -77,8 +77,12 @@ impl Bench {
     async fn post_orders(&self) -> Duration {
         let db = self.postgres.fresh_database().await.expect("database");
         let prefix = format!("{}.", unique_name("bench"));
-        let mut config = order_service::Config::for_test(&db.url, self.kafka.bootstrap(), &prefix);
-        config.consumer_group = unique_name("bench-order");
+        let mut config = testkit::services::test_config::<order_service::Config>(
+            &db.url,
+            self.kafka.bootstrap(),
+            &prefix,
+        );
+        config.service.consumer_group = unique_name("bench-order");
         let app = order_service::build(config).await.expect("build");
         let url = format!("http://127.0.0.1:{}/orders", app.port());
         let running = Running::start(app);

@@ -455,8 +455,8 @@ async fn the_dead_letter_guard_halts_a_consumer_fed_only_poison_and_says_why() {
         let prefix = topic_prefix();
         let db = fresh_database().await;
         let mut config = payment_config(&db, kafka.bootstrap(), &prefix, None);
-        config.consumer.dlt_window = 20;
-        config.consumer.dlt_max_ratio = 0.5;
+        config.service.consumer.dlt_window = 20;
+        config.service.consumer.dlt_max_ratio = 0.5;
         let mut payments = running_payment_service(db, config).await;
         let topics = payments.topics.clone();
         let poison: Vec<Record> = (0..200)
@@ -515,7 +515,7 @@ async fn poison_on_a_topic_order_service_reads_halts_its_consumer_but_orders_are
         let prefix = topic_prefix();
         let db = fresh_database().await;
         let mut config = crate::helpers::order_config(&db, kafka.bootstrap(), &prefix);
-        config.consumer.dlt_window = 20;
+        config.service.consumer.dlt_window = 20;
         let mut orders = crate::helpers::running_order_service(db, config).await;
         let garbage: Vec<Record> = (0..100)
             .map(|i| Record::new(format!("garbage {i}")).key(format!("k{i}")))
@@ -689,10 +689,10 @@ async fn a_dead_letter_replayed_after_the_gateway_recovers_is_paid_once_however_
         // batch of their own, and a batch whose every message fails is an outage).
         let db = fresh_database().await;
         let mut config = payment_config(&db, kafka.bootstrap(), &prefix, Some(&gateway.uri()));
-        config.consumer.batch_wait_ms = 1000;
+        config.service.consumer.batch_wait_ms = 1000;
         // One attempt: a failure counts while the gateway answers the others of the batch,
         // so the three are dead-lettered at once rather than after later traffic.
-        config.consumer.max_attempts = 1;
+        config.service.consumer.max_attempts = 1;
         let payments = running_payment_service(db, config).await;
 
         let dlt = kafka::dead_letter_topic(&topics.order_created);

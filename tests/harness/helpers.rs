@@ -141,8 +141,9 @@ pub fn order_config(
     bootstrap: &str,
     prefix: &str,
 ) -> order_service::Config {
-    let mut config = order_service::Config::for_test(&db.url, bootstrap, prefix);
-    config.consumer_group = format!("{prefix}order-service");
+    let mut config =
+        testkit::services::test_config::<order_service::Config>(&db.url, bootstrap, prefix);
+    config.service.consumer_group = format!("{prefix}order-service");
     config
 }
 
@@ -151,9 +152,9 @@ pub async fn running_order_service(
     db: testkit::TestDatabase,
     mut config: order_service::Config,
 ) -> RunningService {
-    config.consumer.batch_size = 200;
+    config.service.consumer.batch_size = 200;
     let topics = config.topics();
-    let group = config.consumer_group.clone();
+    let group = config.service.consumer_group.clone();
     let app = order_service::build(config)
         .await
         .expect("build order-service");
@@ -177,9 +178,10 @@ pub async fn payment_service_on(
     bootstrap: &str,
     prefix: &str,
 ) -> RunningService {
-    let mut config = payment_service::Config::for_test(&db.url, bootstrap, prefix);
-    config.consumer_group = format!("{prefix}payment-service");
-    config.consumer.batch_size = 200;
+    let mut config =
+        testkit::services::test_config::<payment_service::Config>(&db.url, bootstrap, prefix);
+    config.service.consumer_group = format!("{prefix}payment-service");
+    config.service.consumer.batch_size = 200;
     running_payment_service(db, config).await.ready().await
 }
 
@@ -191,15 +193,16 @@ pub fn payment_config(
     prefix: &str,
     gateway: Option<&str>,
 ) -> payment_service::Config {
-    let mut config = payment_service::Config::for_test(&db.url, bootstrap, prefix);
-    config.consumer_group = format!("{prefix}payment-service");
+    let mut config =
+        testkit::services::test_config::<payment_service::Config>(&db.url, bootstrap, prefix);
+    config.service.consumer_group = format!("{prefix}payment-service");
     config.gateway_url = gateway.map(str::to_owned);
     config.gateway_timeout_ms = 500;
-    config.db_acquire_timeout_secs = 2;
-    config.consumer.batch_size = 200;
-    config.consumer.max_attempts = 3;
-    config.consumer.retry_delay_ms = 50;
-    config.consumer.max_retry_delay_ms = 1000;
+    config.service.db_acquire_timeout_secs = 2;
+    config.service.consumer.batch_size = 200;
+    config.service.consumer.max_attempts = 3;
+    config.service.consumer.retry_delay_ms = 50;
+    config.service.consumer.max_retry_delay_ms = 1000;
     // Probes of an open breaker twice a second.
     config.breaker.open_ms = 500;
     config
@@ -211,7 +214,7 @@ pub async fn running_payment_service(
     config: payment_service::Config,
 ) -> RunningService {
     let topics = config.topics();
-    let group = config.consumer_group.clone();
+    let group = config.service.consumer_group.clone();
     let app = payment_service::build(config)
         .await
         .expect("build payment-service");

@@ -15,8 +15,8 @@ async fn impatient_order_service() -> RunningService {
     let kafka = testkit::kafka::broker().await.expect("kafka");
     let db = fresh_database().await;
     let mut config = order_config(&db, kafka.bootstrap(), &topic_prefix());
-    config.http.header_timeout_secs = 1;
-    config.http.request_timeout_secs = 2;
+    config.service.http.header_timeout_secs = 1;
+    config.service.http.request_timeout_secs = 2;
     running_order_service(db, config).await
 }
 
@@ -154,8 +154,8 @@ async fn requests_beyond_the_in_flight_bound_get_503_at_once_and_later_ones_are_
         let kafka = testkit::kafka::broker().await.expect("kafka");
         let db = fresh_database().await;
         let mut config = order_config(&db, kafka.bootstrap(), &topic_prefix());
-        config.http.request_timeout_secs = 2;
-        config.http.max_in_flight = 1;
+        config.service.http.request_timeout_secs = 2;
+        config.service.http.max_in_flight = 1;
         let service = running_order_service(db, config).await;
         // One request in flight that never finishes its body holds the only place.
         let mut stalled = stalled_post(&service, b"{").await;

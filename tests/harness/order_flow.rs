@@ -150,8 +150,12 @@ async fn duplicated_and_replayed_events_pay_each_order_once() {
 
         // The whole topic again, from offset 0, to a new consumer group on the same data.
         let db = payments.into_database().await;
-        let mut config = payment_service::Config::for_test(&db.url, kafka.bootstrap(), &prefix);
-        config.consumer_group = format!("{prefix}payment-service-replay");
+        let mut config = testkit::services::test_config::<payment_service::Config>(
+            &db.url,
+            kafka.bootstrap(),
+            &prefix,
+        );
+        config.service.consumer_group = format!("{prefix}payment-service-replay");
         let replay = crate::helpers::running_payment_service(db, config).await;
         until_committed(
             client,
@@ -346,8 +350,12 @@ async fn a_payment_delivered_twice_and_replayed_marks_its_order_paid_once() {
         )
         .await;
         let db = orders.into_database().await;
-        let mut config = order_service::Config::for_test(&db.url, kafka.bootstrap(), &prefix);
-        config.consumer_group = format!("{prefix}order-service-replay");
+        let mut config = testkit::services::test_config::<order_service::Config>(
+            &db.url,
+            kafka.bootstrap(),
+            &prefix,
+        );
+        config.service.consumer_group = format!("{prefix}order-service-replay");
         let replay = crate::helpers::running_order_service(db, config).await;
         until_committed(
             client,
@@ -425,7 +433,7 @@ async fn duplicated_and_replayed_events_ask_the_remote_gateway_once_per_order() 
         let db = payments.into_database().await;
         let mut config =
             crate::helpers::payment_config(&db, kafka.bootstrap(), &prefix, Some(&gateway.uri()));
-        config.consumer_group = format!("{prefix}payment-service-replay");
+        config.service.consumer_group = format!("{prefix}payment-service-replay");
         let replay = crate::helpers::running_payment_service(db, config).await;
         until_committed(
             client,

@@ -36,7 +36,7 @@ fn slow_config(
     gateway: &MockServer,
 ) -> payment_service::Config {
     let mut config = payment_config(db, bootstrap, &topic_prefix(), Some(&gateway.uri()));
-    config.consumer.batch_size = 10;
+    config.service.consumer.batch_size = 10;
     config.gateway_concurrency = 2;
     config
 }

@@ -288,7 +288,7 @@ async fn a_charge_in_progress_elsewhere_waits_without_using_an_attempt_and_is_pa
         let db = fresh_database().await;
         let mut config = payment_config(&db, kafka.bootstrap(), &prefix, Some(&gateway.uri()));
         // One attempt: were a 409 to use one up, the order would be dead-lettered.
-        config.consumer.max_attempts = 1;
+        config.service.consumer.max_attempts = 1;
         let mut payments = running_payment_service(db, config).await.ready().await;
         produce_all(kafka.client(), &payments.topics.order_created, &records).await;
 
@@ -472,7 +472,7 @@ async fn a_gateway_outage_longer_than_the_poll_interval_keeps_the_group_and_char
         let mut config = payment_config(&db, kafka.bootstrap(), &prefix, Some(&gateway.url()));
         // The smallest the broker allows for a session: an outage of 15 s outlasts it
         // twice over.
-        config.consumer.max_poll_interval_ms = 6_000;
+        config.service.consumer.max_poll_interval_ms = 6_000;
         let mut payments = running_payment_service(db, config).await;
 
         eventually(

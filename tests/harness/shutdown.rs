@@ -25,7 +25,7 @@ async fn a_shutdown_that_runs_out_of_time_gives_up_within_its_bound_and_says_so(
             Some(&gateway.uri()),
         );
         config.gateway_timeout_ms = 120_000;
-        config.shutdown_timeout_secs = 2;
+        config.service.shutdown_timeout_secs = 2;
         let mut payments = running_payment_service(db, config).await;
         produce_all(
             kafka.client(),

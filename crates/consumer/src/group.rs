@@ -95,12 +95,14 @@ pub(crate) struct Group {
     paused: bool,
     /// Errors the message stream returned.
     stream_errors: u64,
+    /// Cancelled to stop: ends a wait at once.
+    stop: CancellationToken,
 }
 
 impl Group {
     /// A consumer in `config.group_id`, subscribed to `config.topics`, that commits only
     /// the offsets the runner stores.
-    pub fn join(config: &ConsumerConfig) -> Result<Self, ConsumerError> {
+    pub fn join(config: &ConsumerConfig, stop: CancellationToken) -> Result<Self, ConsumerError> {
         let consumer: GroupConsumer = kafka::client_config(&config.bootstrap)
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "true")
@@ -141,6 +143,7 @@ impl Group {
             carried: VecDeque::new(),
             paused: false,
             stream_errors: 0,
+            stop,
         })
     }
 
@@ -153,11 +156,8 @@ impl Group {
     /// at low load a message goes on at once, and under load batches grow by themselves
     /// while the previous one is applied. With a `config.batch_wait`, it then waits up to
     /// that long for more. `None` once `stop` is cancelled.
-    pub async fn next_batch(
-        &mut self,
-        config: &ConsumerConfig,
-        stop: &CancellationToken,
-    ) -> Option<Vec<Message>> {
+    pub async fn next_batch(&mut self, config: &ConsumerConfig) -> Option<Vec<Message>> {
+        let stop = self.stop.clone();
         let limit = config.batch_size.max(1);
         let mut batch = Vec::with_capacity(limit.min(1024));
         while batch.len() < limit {
@@ -202,40 +202,24 @@ impl Group {
     /// group keeps this consumer as a member however long a batch waits. A message that
     /// still arrives (from a partition assigned in the meantime) is carried over to the
     /// next batch, and its partition paused too. `false` if `stop` came first.
-    pub async fn hold(&mut self, delay: Duration, stop: &CancellationToken) -> bool {
-        if !self.paused {
-            self.set_paused(true);
-        }
-        let until = tokio::time::sleep(delay);
-        tokio::pin!(until);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return false,
-                () = &mut until => return true,
-                polled = self.consumer.recv() => match polled {
-                    Ok(message) => {
-                        let message = Message::new(Record::from_message(&message));
-                        self.carried.push_back(message);
-                        self.set_paused(true);
-                    }
-                    Err(e) => tracing::debug!(error = %e, "consumer error while paused"),
-                },
-            }
-        }
+    pub async fn hold(&mut self, delay: Duration) -> bool {
+        self.hold_joining(delay, &mut Vec::new(), &HashSet::new(), 0)
+            .await
     }
 
-    /// Waits `delay` as [`Group::hold`] does, but pauses only the partitions in `waiting`
-    /// (those of messages still pending): a message of another partition that arrives
-    /// meanwhile joins `batch`, until it holds `limit`; then every partition is paused and
-    /// what still arrives is carried over. `false` if `stop` came first.
+    /// Waits `delay`, polling meanwhile so that the group keeps this consumer however long
+    /// a batch waits, with the partitions in `waiting` (those of messages still pending)
+    /// paused: a message of another partition that arrives meanwhile joins `batch`, until
+    /// it holds `limit`; then every partition is paused, and what still arrives is carried
+    /// over to the next batch (its partition paused too). `false` if `stop` came first.
     pub async fn hold_joining(
         &mut self,
         delay: Duration,
         batch: &mut Vec<Message>,
         waiting: &HashSet<(String, i32)>,
         limit: usize,
-        stop: &CancellationToken,
     ) -> bool {
+        let stop = self.stop.clone();
         let mut waiting = waiting.clone();
         self.pause_only(&waiting, batch.len() >= limit);
         let until = tokio::time::sleep(delay);

@@ -53,51 +53,24 @@ pub(crate) async fn recent(config: &ConsumerConfig, window: usize) -> Result<Rec
 }
 
 fn read(consumer: &BaseConsumer, config: &ConsumerConfig, window: usize) -> Result<Recent, String> {
-    let deadline = Instant::now() + READ_TIMEOUT;
-    let left = || deadline.saturating_duration_since(Instant::now());
+    let reader = Reader {
+        consumer,
+        config,
+        window: window as i64,
+        deadline: Instant::now() + READ_TIMEOUT,
+    };
     let mut recent = Recent::default();
     for topic in &config.topics {
-        // Where the window of each source partition starts.
-        let starts = window_starts(consumer, topic, window, left())?;
+        let starts = reader.window_starts(topic)?;
         recent.seen += starts
             .values()
             .map(|(start, end)| (end - start) as usize)
             .sum::<usize>();
-        let dead = dead_since(consumer, config, topic, &starts, window, deadline)?;
+        let dead = reader.dead_letters(topic, &starts)?;
         recent.seen += dead.beyond;
         recent.dead += dead.within + dead.beyond;
     }
     Ok(recent)
-}
-
-/// Per partition of `topic`: `(first offset of the window, committed offset)`, for the
-/// partitions the group has committed.
-fn window_starts(
-    consumer: &BaseConsumer,
-    topic: &str,
-    window: usize,
-    timeout: Duration,
-) -> Result<HashMap<i32, (i64, i64)>, String> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| e.to_string())?;
-    let mut list = TopicPartitionList::new();
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        list.add_partition(topic, partition.id());
-    }
-    let committed = consumer
-        .committed_offsets(list, timeout)
-        .map_err(|e| e.to_string())?;
-    Ok(committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(end) if end > 0 => {
-                Some((e.partition(), ((end - window as i64).max(0), end)))
-            }
-            _ => None,
-        })
-        .collect())
 }
 
 /// Dead letters of the group's recent messages: within the committed window, and beyond
@@ -108,75 +81,127 @@ struct Dead {
     beyond: usize,
 }
 
-fn dead_since(
-    consumer: &BaseConsumer,
-    config: &ConsumerConfig,
-    topic: &str,
-    starts: &HashMap<i32, (i64, i64)>,
-    window: usize,
+/// Reads one group's history, within one deadline.
+struct Reader<'a> {
+    consumer: &'a BaseConsumer,
+    config: &'a ConsumerConfig,
+    window: i64,
     deadline: Instant,
-) -> Result<Dead, String> {
-    let dlt = dead_letter_topic(topic);
-    let left = || deadline.saturating_duration_since(Instant::now());
-    let mut tail = TopicPartitionList::new();
-    let mut ends = HashMap::new();
-    let metadata = consumer
-        .fetch_metadata(Some(&dlt), left())
-        .map_err(|e| e.to_string())?;
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (low, high) = consumer
-            .fetch_watermarks(&dlt, partition.id(), left())
+}
+
+impl Reader<'_> {
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Per partition of `topic`: `(first offset of the window, committed offset)`, for
+    /// the partitions the group has committed.
+    fn window_starts(&self, topic: &str) -> Result<HashMap<i32, (i64, i64)>, String> {
+        let mut list = TopicPartitionList::new();
+        for partition in self.partitions(topic)? {
+            list.add_partition(topic, partition);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(list, self.left())
             .map_err(|e| e.to_string())?;
-        if high > low {
-            let from = (high - window as i64).max(low);
-            tail.add_partition_offset(&dlt, partition.id(), Offset::Offset(from))
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(end) if end > 0 => {
+                    Some((e.partition(), ((end - self.window).max(0), end)))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn partitions(&self, topic: &str) -> Result<Vec<i32>, String> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(topic), self.left())
+            .map_err(|e| e.to_string())?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .map(|p| p.id())
+            .collect())
+    }
+
+    /// Assigns the last `window` records of each partition of `dlt`; returns where each
+    /// partition ends.
+    fn assign_tail(&self, dlt: &str) -> Result<HashMap<i32, i64>, String> {
+        let mut tail = TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for partition in self.partitions(dlt)? {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(dlt, partition, self.left())
                 .map_err(|e| e.to_string())?;
-            ends.insert(partition.id(), high);
+            if high > low {
+                let from = (high - self.window).max(low);
+                tail.add_partition_offset(dlt, partition, Offset::Offset(from))
+                    .map_err(|e| e.to_string())?;
+                ends.insert(partition, high);
+            }
         }
+        if !ends.is_empty() {
+            self.consumer.assign(&tail).map_err(|e| e.to_string())?;
+        }
+        Ok(ends)
     }
-    let mut dead = Dead::default();
-    if ends.is_empty() {
-        return Ok(dead);
+
+    /// The dead letters of `topic`'s recent messages (`starts`), from the tail of its
+    /// dead-letter topic.
+    fn dead_letters(&self, topic: &str, starts: &HashMap<i32, (i64, i64)>) -> Result<Dead, String> {
+        let dlt = dead_letter_topic(topic);
+        let mut ends = self.assign_tail(&dlt)?;
+        let mut dead = Dead::default();
+        let mut counted = HashSet::new();
+        while !ends.is_empty() {
+            if Instant::now() > self.deadline {
+                return Err(format!("reading {dlt} took longer than {READ_TIMEOUT:?}"));
+            }
+            let Some(polled) = self.consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let record = Record::from_message(&polled.map_err(|e| e.to_string())?);
+            if ends
+                .get(&record.partition)
+                .is_some_and(|end| record.offset + 1 >= *end)
+            {
+                ends.remove(&record.partition);
+            }
+            let Some(origin) = self.origin(topic, &record) else {
+                continue;
+            };
+            if !counted.insert(origin) {
+                continue;
+            }
+            match starts.get(&origin.0) {
+                Some((start, end)) if origin.1 >= *start && origin.1 < *end => dead.within += 1,
+                Some((_, end)) if origin.1 >= *end => dead.beyond += 1,
+                None => dead.beyond += 1,
+                _ => {}
+            }
+        }
+        let _ = self.consumer.unassign();
+        Ok(dead)
     }
-    consumer.assign(&tail).map_err(|e| e.to_string())?;
-    let mut counted = HashSet::new();
-    while !ends.is_empty() {
-        if Instant::now() > deadline {
-            return Err(format!("reading {dlt} took longer than {READ_TIMEOUT:?}"));
-        }
-        let Some(polled) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = polled.map_err(|e| e.to_string())?;
-        let record = Record::from_message(&message);
-        if ends
-            .get(&record.partition)
-            .is_some_and(|end| record.offset + 1 >= *end)
-        {
-            ends.remove(&record.partition);
-        }
+
+    /// The source partition and offset of a dead letter this group wrote for `topic`.
+    fn origin(&self, topic: &str, record: &Record) -> Option<(i32, i64)> {
         let text = |name| record.last_header_text(name).unwrap_or_default();
-        if text(headers::ORIGINAL_CONSUMER_GROUP) != config.group_id
+        if text(headers::ORIGINAL_CONSUMER_GROUP) != self.config.group_id
             || text(headers::ORIGINAL_TOPIC) != topic
         {
-            continue;
+            return None;
         }
-        let (Ok(partition), Ok(offset)) = (
-            text(headers::ORIGINAL_PARTITION).parse::<i32>(),
-            text(headers::ORIGINAL_OFFSET).parse::<i64>(),
-        ) else {
-            continue;
-        };
-        if !counted.insert((partition, offset)) {
-            continue;
-        }
-        match starts.get(&partition) {
-            Some((start, end)) if offset >= *start && offset < *end => dead.within += 1,
-            Some((_, end)) if offset >= *end => dead.beyond += 1,
-            None => dead.beyond += 1,
-            _ => {}
-        }
+        Some((
+            text(headers::ORIGINAL_PARTITION).parse().ok()?,
+            text(headers::ORIGINAL_OFFSET).parse().ok()?,
+        ))
     }
-    let _ = consumer.unassign();
-    Ok(dead)
 }

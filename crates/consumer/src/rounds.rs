@@ -90,11 +90,7 @@ impl<H: BatchHandler> Runner<H> {
             let waiting = partitions_of(batch, &again);
             let before = batch.len();
             let limit = self.config.batch_size;
-            if !self
-                .group
-                .hold_joining(delay, batch, &waiting, limit, &self.stop)
-                .await
-            {
+            if !self.group.hold_joining(delay, batch, &waiting, limit).await {
                 return Err(Interrupted::Stopped);
             }
             self.count_consumed(&batch[before..]);
@@ -225,7 +221,7 @@ impl<H: BatchHandler> Runner<H> {
             self.stats.outage_retries += 1;
             metrics::counter!("consumer_outage_retries_total").increment(1);
             tracing::warn!(error = %reason, "batch failed: outage; retrying");
-            if !self.group.hold(pauses.next_delay(), &self.stop).await {
+            if !self.group.hold(pauses.next_delay()).await {
                 return Err(Interrupted::Stopped);
             }
         }

@@ -34,13 +34,13 @@ pub async fn run<H: BatchHandler>(
 
 /// One consumer of a group and everything its loop needs; the steps are its methods.
 pub struct Runner<H> {
+    /// The group member: the consumer, its pauses, and the stop token (cancelled to stop;
+    /// a batch in flight is then left uncommitted).
     pub(crate) group: Group,
     pub(crate) config: ConsumerConfig,
     pub(crate) handler: H,
     /// Where dead letters go, and when to halt instead.
     pub(crate) dead_letters: DeadLetterPolicy,
-    /// Cancelled to stop; a batch in flight is then left uncommitted.
-    pub(crate) stop: CancellationToken,
     pub(crate) stats: Stats,
     /// Partitions the group took away while the batch in hand was being applied: nothing
     /// of them is committed or dead-lettered.
@@ -56,11 +56,10 @@ impl<H: BatchHandler> Runner<H> {
         stop: CancellationToken,
     ) -> Result<Self, ConsumerError> {
         Ok(Self {
-            group: Group::join(&config)?,
+            group: Group::join(&config, stop.clone())?,
             config,
             handler,
             dead_letters,
-            stop,
             stats: Stats::default(),
             abandoned: HashSet::new(),
         })
@@ -70,7 +69,7 @@ impl<H: BatchHandler> Runner<H> {
     pub async fn run(mut self) -> Result<Stats, ConsumerError> {
         self.dead_letters.recall(&self.config).await;
         let result = loop {
-            let Some(mut batch) = self.group.next_batch(&self.config, &self.stop).await else {
+            let Some(mut batch) = self.group.next_batch(&self.config).await else {
                 break Ok(());
             };
             let revoked = self.group.forget_revoked();
@@ -182,7 +181,7 @@ impl<H: BatchHandler> Runner<H> {
             if pending.is_empty() {
                 return Ok(true);
             }
-            if !self.group.hold(pauses.next_delay(), &self.stop).await {
+            if !self.group.hold(pauses.next_delay()).await {
                 return Ok(false);
             }
         }

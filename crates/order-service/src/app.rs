@@ -1,8 +1,6 @@
 //! The wiring: database and migrations, topics, producer and listener, then the HTTP API
 //! and the consumer of payment outcomes, as one [`Application`].
 
-use anyhow::Context;
-use consumer::DeadLetterPolicy;
 use service_kit::{Application, Resources};
 
 use crate::http::{router, AppState};
@@ -14,32 +12,26 @@ use crate::Config;
 pub async fn build(config: Config) -> anyhow::Result<Application<OnPaymentOutcome>> {
     let resources = Resources::acquire(config.needs()).await?;
     let topics = config.topics();
-    let bootstrap = &config.kafka.kafka_bootstrap;
-    Ok(Application {
-        name: "order-service",
-        router: router(AppState {
-            pool: resources.pool.clone(),
-            outbox: resources.outbox.clone(),
-        }),
-        consumer: config.consumer.config(
-            bootstrap,
-            "order-service",
-            &config.consumer_group,
-            &[&topics.payment_completed, &topics.payment_failed],
-        ),
-        dead_letters: DeadLetterPolicy::new(bootstrap, config.consumer.dead_letter_limit())
-            .context("creating the dead-letter producer")?,
-        retention: config.retention.clone(),
-        relay_stuck_after: config.relay_stuck_after(),
-        handler: OnPaymentOutcome {
-            pool: resources.pool.clone(),
-        },
+    let router = router(AppState {
+        pool: resources.pool.clone(),
+        outbox: resources.outbox.clone(),
+    });
+    let handler = OnPaymentOutcome {
+        pool: resources.pool.clone(),
+    };
+    let consumes = [
+        topics.payment_completed.as_str(),
+        topics.payment_failed.as_str(),
+    ];
+    let mut app = Application::new(
+        "order-service",
+        &config.service,
         resources,
-        shutdown_timeout: config.shutdown_timeout(),
-        http: config.http.clone(),
-        components: Vec::new(),
-        gauges: vec![pending_orders],
-    })
+        &consumes,
+        (router, handler),
+    )?;
+    app.gauges.push(pending_orders);
+    Ok(app)
 }
 
 /// `orders_pending_oldest_age_seconds`: how long the oldest order not paid or failed yet

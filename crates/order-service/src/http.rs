@@ -1,8 +1,8 @@
 //! The HTTP API: routes, the JSON problem responses every error becomes, and the OpenAPI
 //! spec (served at `/api-docs/openapi.json`, browsable at `/swagger-ui`).
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -10,10 +10,11 @@ use axum::Extension;
 use axum::{Json, Router};
 use events::{Amount, Currency, TraceContext};
 use serde::Deserialize;
+use service_kit::paging::{Page, PageParams};
 use service_kit::problem::CommonResponses;
 use service_kit::Problem;
 use sqlx::PgPool;
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 use uuid::Uuid;
 
@@ -22,9 +23,6 @@ use crate::store::{self, Created, StoreError};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
-/// `GET /orders` page sizes.
-pub const DEFAULT_LIMIT: u32 = 50;
-pub const MAX_LIMIT: u32 = 200;
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
@@ -150,33 +148,15 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(String::from_utf8_lossy(key).into_owned()))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct ListParams {
-    /// Page size, 1 to 200; default 50.
-    #[param(minimum = 1, maximum = 200)]
-    pub limit: Option<u32>,
-    /// The id of the last order of the previous page.
-    pub before: Option<Uuid>,
-}
-
 /// List orders, newest first.
-#[utoipa::path(get, path = "/orders", params(ListParams),
+#[utoipa::path(get, path = "/orders", params(PageParams),
     responses((status = 200, body = [Order]), (status = 400, body = Problem, content_type = "application/problem+json")))]
 async fn list_orders(
     State(state): State<AppState>,
-    query: Result<Query<ListParams>, QueryRejection>,
+    page: Page,
 ) -> Result<Json<Vec<Order>>, ApiError> {
-    let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {MAX_LIMIT}"
-        )));
-    }
     Ok(Json(
-        store::list_orders(&state.pool, limit, params.before).await?,
+        store::list_orders(&state.pool, page.limit, page.before).await?,
     ))
 }
 

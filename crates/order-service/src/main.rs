@@ -1,10 +1,10 @@
-use clap::Parser;
 use order_service::Config;
+use service_kit::ServiceConfig;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    service_kit::init_tracing(&config.log);
+    let config = Config::load();
+    service_kit::init_tracing(&config.service.log);
     let app = order_service::build(config).await?;
     tracing::info!(port = app.port(), "order-service listening");
     app.run_until_stopped(service_kit::shutdown_signal())

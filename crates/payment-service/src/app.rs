@@ -2,7 +2,7 @@
 //! listener, then the HTTP API and the `order.created` consumer, as one [`Application`].
 
 use anyhow::Context;
-use consumer::DeadLetterPolicy;
+use service_kit::health::Component;
 use service_kit::{Application, Resources};
 
 use crate::gateway::{Gateway, HttpGateway, HttpSettings, Simulated};
@@ -15,46 +15,38 @@ use crate::Config;
 /// what could not be reached.
 pub async fn build(config: Config) -> anyhow::Result<Application<OnOrderCreated>> {
     let gateway = gateway(&config)?;
-    let components = gateway.breaker().map(|breaker| {
-        let breaker = breaker.clone();
-        service_kit::health::Component {
-            name: "payment_gateway",
-            report: std::sync::Arc::new(move || {
-                let (state, detail) = breaker.report();
-                (state == crate::breaker::State::Closed, detail)
-            }),
-        }
-    });
+    let breaker = gateway.breaker().cloned();
     let resources = Resources::acquire(config.needs()).await?;
     let topics = config.topics();
-    let bootstrap = &config.kafka.kafka_bootstrap;
-    Ok(Application {
-        name: "payment-service",
-        router: router(AppState {
-            pool: resources.pool.clone(),
-        }),
-        consumer: config.consumer.config(
-            bootstrap,
-            "payment-service",
-            &config.consumer_group,
-            &[&topics.order_created],
-        ),
-        dead_letters: DeadLetterPolicy::new(bootstrap, config.consumer.dead_letter_limit())
-            .context("creating the dead-letter producer")?,
-        retention: config.retention.clone(),
-        relay_stuck_after: config.relay_stuck_after(),
-        handler: OnOrderCreated::new(
-            resources.pool.clone(),
-            resources.outbox.clone(),
-            gateway,
-            config.gateway_concurrency as usize,
-        ),
+    let router = router(AppState {
+        pool: resources.pool.clone(),
+    });
+    let handler = OnOrderCreated::new(
+        resources.pool.clone(),
+        resources.outbox.clone(),
+        gateway,
+        config.gateway_concurrency as usize,
+    );
+    let mut app = Application::new(
+        "payment-service",
+        &config.service,
         resources,
-        shutdown_timeout: config.shutdown_timeout(),
-        http: config.http.clone(),
-        components: components.into_iter().collect(),
-        gauges: Vec::new(),
-    })
+        &[&topics.order_created],
+        (router, handler),
+    )?;
+    app.components.extend(breaker.map(breaker_component));
+    Ok(app)
+}
+
+/// The gateway's circuit breaker in the readiness body (not deciding readiness).
+fn breaker_component(breaker: std::sync::Arc<crate::breaker::Breaker>) -> Component {
+    Component {
+        name: "payment_gateway",
+        report: std::sync::Arc::new(move || {
+            let (state, detail) = breaker.report();
+            (state == crate::breaker::State::Closed, detail)
+        }),
+    }
 }
 
 /// The HTTP gateway if a URL is configured, the simulated one otherwise.

@@ -1,25 +1,22 @@
 //! The HTTP API: read-only views of payments, with the OpenAPI spec at
 //! `/api-docs/openapi.json` and Swagger UI at `/swagger-ui`.
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
+use service_kit::paging::{Page, PageParams};
 use service_kit::problem::CommonResponses;
 use service_kit::Problem;
 use sqlx::PgPool;
-use utoipa::{IntoParams, OpenApi};
+use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 use uuid::Uuid;
 
 use crate::domain::{Payment, PaymentStatus};
 use crate::store;
-
-pub const DEFAULT_LIMIT: u32 = 50;
-pub const MAX_LIMIT: u32 = 200;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -47,33 +44,15 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct ListParams {
-    /// Page size, 1 to 200; default 50.
-    #[param(minimum = 1, maximum = 200)]
-    pub limit: Option<u32>,
-    /// The id of the last payment of the previous page.
-    pub before: Option<Uuid>,
-}
-
 /// List payments, newest first.
-#[utoipa::path(get, path = "/payments", params(ListParams),
+#[utoipa::path(get, path = "/payments", params(PageParams),
     responses((status = 200, body = [Payment]), (status = 400, body = Problem, content_type = "application/problem+json")))]
 async fn list_payments(
     State(state): State<AppState>,
-    query: Result<Query<ListParams>, QueryRejection>,
+    page: Page,
 ) -> Result<Json<Vec<Payment>>, ApiError> {
-    let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {MAX_LIMIT}"
-        )));
-    }
     Ok(Json(
-        store::list_payments(&state.pool, limit, params.before).await?,
+        store::list_payments(&state.pool, page.limit, page.before).await?,
     ))
 }
 

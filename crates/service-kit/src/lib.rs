@@ -5,7 +5,9 @@
 //! - [`http`]: serving HTTP with bounds on slow and idle clients, each request's trace
 //!   context, span and metrics;
 //! - [`metrics`]: `GET /metrics` (Prometheus), and the one recorder of the process;
+//! - [`paging`]: `?limit=&before=` of the list endpoints, checked at the edge;
 //! - [`problem`]: RFC 9457 problem responses, so every error has one shape;
+//! - [`settings`]: the settings every service has, named with the service's prefix;
 //! - [`lifecycle`]: connecting to PostgreSQL (running the shared and the service's own
 //!   migrations) and Kafka (creating the topics) at start-up, and the [`Application`]:
 //!   the HTTP API, the outbox relay and the consumer, run as one unit that starts and
@@ -18,12 +20,15 @@ pub mod health;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod paging;
 pub mod problem;
+pub mod settings;
 
 pub use http::HttpSettings;
 
 pub use lifecycle::{Application, Needs, Resources};
 pub use problem::Problem;
+pub use settings::{ServiceConfig, ServiceSettings};
 
 /// Completes on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

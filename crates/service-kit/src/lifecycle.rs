@@ -136,6 +136,35 @@ pub struct Application<H> {
 }
 
 impl<H: BatchHandler> Application<H> {
+    /// Service `name`, as `settings` say, on `resources`: `router` serves its API,
+    /// `handler` applies what it consumes from `consumes`. No components or gauges yet.
+    pub fn new(
+        name: &'static str,
+        settings: &crate::ServiceSettings,
+        resources: Resources,
+        consumes: &[&str],
+        (router, handler): (axum::Router, H),
+    ) -> anyhow::Result<Self> {
+        let bootstrap = &settings.kafka.kafka_bootstrap;
+        Ok(Self {
+            name,
+            resources,
+            router,
+            consumer: settings
+                .consumer
+                .config(bootstrap, name, &settings.consumer_group, consumes),
+            dead_letters: DeadLetterPolicy::new(bootstrap, settings.consumer.dead_letter_limit())
+                .context("creating the dead-letter producer")?,
+            retention: settings.retention.clone(),
+            relay_stuck_after: settings.relay_stuck_after(),
+            handler,
+            shutdown_timeout: settings.shutdown_timeout(),
+            http: settings.http.clone(),
+            components: Vec::new(),
+            gauges: Vec::new(),
+        })
+    }
+
     /// The port actually bound (useful with port 0).
     pub fn port(&self) -> u16 {
         self.resources.port()

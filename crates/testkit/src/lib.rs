@@ -12,6 +12,7 @@
 //! - [`cluster`]: a 3-broker KRaft cluster per test whose brokers can be killed, paused,
 //!   stopped and restarted.
 //! - [`names`]: unique topic, group and database names, so tests never share state.
+//! - [`services`]: the platform's services as tests configure them.
 //!
 //! **External mode**: when `OP_DATABASE_URL` and `OP_KAFKA_BOOTSTRAP` are both set,
 //! [`postgres::server`] and [`kafka::broker`] start nothing and use those servers.
@@ -31,6 +32,7 @@ pub mod kafka;
 pub mod names;
 pub mod postgres;
 pub mod runtime;
+pub mod services;
 
 pub use crate::kafka::{KafkaBroker, Record};
 pub use cluster::{ClusterBroker, KafkaCluster};
