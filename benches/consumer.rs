@@ -38,7 +38,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::Message;
 use support::{number, ratio, Figures, Meter, Running};
 use testkit::postgres::PostgresServer;
-use testkit::{kafka::Kafka, unique_name, Record, TestDatabase};
+use testkit::{kafka::KafkaClient, unique_name, Record, TestDatabase};
 
 /// Events on the topic; most variants consume them all.
 const EVENTS: usize = 20_000;
@@ -47,7 +47,7 @@ const PER_MESSAGE_EVENTS: usize = 2_000;
 const LIMIT: Duration = Duration::from_secs(300);
 
 struct Bench {
-    kafka: Kafka,
+    kafka: KafkaClient,
     postgres: PostgresServer,
     topics: Topics,
     records: Vec<Record>,

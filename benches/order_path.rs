@@ -27,7 +27,7 @@ const ORDERS: usize = 10_000;
 const CONCURRENCY: usize = 32;
 
 struct Bench {
-    kafka: testkit::kafka::Kafka,
+    kafka: testkit::kafka::KafkaClient,
     postgres: PostgresServer,
     figures: Figures,
 }

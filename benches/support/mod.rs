@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use events::{Currency, OrderCreated};
 use testkit::postgres::PostgresServer;
-use testkit::{kafka::Kafka, Record};
+use testkit::{kafka::KafkaClient, Record};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The servers every benchmark runs on: the test kit's single broker, and a PostgreSQL
 /// with durability on (`fsync` and synchronous commit), as in production.
-pub async fn servers() -> (Kafka, PostgresServer) {
+pub async fn servers() -> (KafkaClient, PostgresServer) {
     let kafka = testkit::kafka::broker()
         .await
         .expect("kafka")

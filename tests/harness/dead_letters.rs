@@ -197,7 +197,7 @@ async fn handler(db: &testkit::TestDatabase, topics: &Topics) -> OnOrderCreated 
     )
 }
 
-async fn create_topics(kafka: &testkit::kafka::Kafka, topic: &str) {
+async fn create_topics(kafka: &testkit::kafka::KafkaClient, topic: &str) {
     kafka.create_topic(topic, 3, 1).await.expect("topic");
     kafka
         .create_topic(&kafka::dead_letter_topic(topic), 3, 1)
@@ -254,7 +254,7 @@ async fn poison_goes_to_the_dlt_unchanged_and_good_events_are_processed_once_in_
     .await;
 }
 
-async fn check_poison_mix(kafka: &testkit::kafka::Kafka, case: usize, items: &[(Item, u8)]) {
+async fn check_poison_mix(kafka: &testkit::kafka::KafkaClient, case: usize, items: &[(Item, u8)]) {
     let topics = Topics::with_prefix(&topic_prefix());
     create_topics(kafka, &topics.order_created).await;
     let db = fresh_database().await;
@@ -919,7 +919,7 @@ impl BatchHandler for AllPoison {
 
 /// Runs a consumer of `group` on `topic` with `handler` until `stop`.
 fn consuming<H: BatchHandler>(
-    kafka: &testkit::kafka::Kafka,
+    kafka: &testkit::kafka::KafkaClient,
     group: &str,
     topic: &str,
     handler: H,

@@ -327,12 +327,16 @@ pub fn order_created_records(count: usize) -> Vec<testkit::Record> {
 }
 
 /// Produces `records` to `topic`, in order, each acknowledged.
-pub async fn produce_all(kafka: &testkit::kafka::Kafka, topic: &str, records: &[testkit::Record]) {
+pub async fn produce_all(
+    kafka: &testkit::kafka::KafkaClient,
+    topic: &str,
+    records: &[testkit::Record],
+) {
     kafka.produce_all(topic, records).await.expect("produce");
 }
 
 /// Records on `topic` now (all partitions).
-pub async fn records_on(kafka: &testkit::kafka::Kafka, topic: &str) -> i64 {
+pub async fn records_on(kafka: &testkit::kafka::KafkaClient, topic: &str) -> i64 {
     kafka.record_count(topic).await.expect("record count")
 }
 
@@ -358,7 +362,7 @@ impl RunningService {
 
 /// The dead letters of `topic`: exactly `count` of them, or the test fails.
 pub async fn dead_letters(
-    kafka: &testkit::kafka::Kafka,
+    kafka: &testkit::kafka::KafkaClient,
     topic: &str,
     count: usize,
 ) -> Vec<testkit::Record> {
@@ -388,7 +392,7 @@ pub fn key_text(record: &testkit::Record) -> String {
 /// consumed that many of its records (the topic starting at offset 0). Panics after
 /// `limit` saying `what`.
 pub async fn until_committed(
-    kafka: &testkit::kafka::Kafka,
+    kafka: &testkit::kafka::KafkaClient,
     group: &str,
     topic: &str,
     count: i64,

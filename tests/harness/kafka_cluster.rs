@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rdkafka::producer::FutureProducer;
-use testkit::kafka::{self, Kafka};
+use testkit::kafka::{self, KafkaClient};
 use testkit::{unique_name, KafkaCluster, Record};
 
 use crate::helpers::{within, MINUTES_2, MINUTES_5};
@@ -15,7 +15,7 @@ const PARTITIONS: i32 = 3;
 /// acknowledged. A write may wait up to 200 s: while a broker is frozen, leadership
 /// and the in-sync set move only once the controller has fenced it, and with the rest of
 /// the suite on the same two cores that once took longer than 2 minutes.
-async fn write(kafka: &Kafka, topic: &str, label: &str, count: usize) -> Vec<String> {
+async fn write(kafka: &KafkaClient, topic: &str, label: &str, count: usize) -> Vec<String> {
     let producer: FutureProducer = kafka
         .producer_config()
         .set("message.timeout.ms", "200000")
@@ -40,7 +40,7 @@ fn values(records: &[Record]) -> Vec<String> {
 }
 
 /// The leader of partition 0 of `topic`.
-async fn leader_of_partition_zero(kafka: &Kafka, topic: &str) -> i32 {
+async fn leader_of_partition_zero(kafka: &KafkaClient, topic: &str) -> i32 {
     let metadata = kafka.metadata().await.expect("metadata");
     let topic = metadata
         .topics()

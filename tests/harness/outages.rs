@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::Value;
-use testkit::kafka::{Kafka, KafkaBroker};
+use testkit::kafka::{KafkaBroker, KafkaClient};
 use testkit::postgres::PostgresServer;
 use wiremock::MockServer;
 
@@ -56,7 +56,7 @@ async fn mid_stream(payments: &RunningService) -> i64 {
 }
 
 /// Everything paid once, everything published, nothing dead-lettered.
-async fn all_processed_nothing_dead_lettered(kafka: &Kafka, payments: &RunningService) {
+async fn all_processed_nothing_dead_lettered(kafka: &KafkaClient, payments: &RunningService) {
     let total = (FIRST + DURING) as i64;
     eventually(MINUTES_2, "every order paid after the outage", || async {
         payments.count("payments").await == total

@@ -37,7 +37,8 @@ pub(crate) struct GroupContext {
     group: String,
     revocations: AtomicU64,
     errors: AtomicU64,
-    /// Partitions revoked since the runner last asked ([`Group::take_revoked`]).
+    /// Partitions revoked, and not assigned again, since the runner last asked
+    /// ([`Group::forget_revoked`]).
     revoked: Mutex<HashSet<(String, i32)>>,
 }
 
@@ -78,6 +79,18 @@ impl ConsumerContext for GroupContext {
                     revoked.insert((p.topic().to_owned(), p.partition()));
                 }
                 tracing::info!(partitions = partitions.count(), "partitions revoked");
+            }
+        }
+    }
+
+    /// A partition assigned again is ours: the messages of it in hand are kept (librdkafka
+    /// fetches it again from the committed offset, so what they were also comes again,
+    /// and is recognised), never dropped while later ones go on.
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            for p in partitions.elements() {
+                revoked.remove(&(p.topic().to_owned(), p.partition()));
             }
         }
     }
@@ -262,8 +275,9 @@ impl Group {
         self.paused = true;
     }
 
-    /// The partitions the group took away since the last call; messages of theirs that
-    /// were carried over are dropped (their new owner has them).
+    /// The partitions the group took away (and has not given back) since the last call;
+    /// messages of theirs that were carried over are dropped (their new owner takes them
+    /// from the committed offset, and so would this consumer, were they given back).
     pub fn forget_revoked(&mut self) -> HashSet<(String, i32)> {
         let revoked = std::mem::take(
             &mut *self

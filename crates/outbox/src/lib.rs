@@ -11,14 +11,20 @@
 //! This crate owns both tables: their schema is in its `migrations/`, every service runs
 //! them through [`migrator`] beside its own, and no other crate writes SQL against them.
 //!
-//! The relay's promises:
-//! - **Nothing lost**: a row stays pending until every record of its batch is acknowledged
-//!   (`acks=all`, idempotent producer); a crash before the mark means it is sent again,
-//!   and consumers are idempotent.
-//! - **Order per key kept, with any number of relays**: a batch is taken under a
-//!   transaction-scoped advisory lock, so only one relay publishes at a time, in `id`
-//!   order; the others wait for the next turn. Within a batch, the idempotent producer
-//!   keeps the order of each partition.
+//! The relay's promises ([`Relay`], [`leases`]):
+//! - **Nothing lost**: a row stays pending until Kafka acknowledged it (`acks=all`,
+//!   idempotent producer); a crash before the mark means it is sent again, and consumers
+//!   are idempotent.
+//! - **Partitions independently**: rows are streamed, each marked as its acknowledgement
+//!   arrives; a partition whose leader cannot be reached delays only its keys.
+//! - **Order per key, with any number of relays**: a key's next row is sent only after the
+//!   previous one is acknowledged; every row of a key is in one slot (a hash of the key),
+//!   published by the one relay holding that slot's lease; writers of one key commit in id
+//!   order (`Outbox::commit` locks the key's slot until commit).
+//! - **Several relays in parallel, none a single point**: slots are shared out among the
+//!   relays alive; one that freezes or dies delays its slots for at most its lease
+//!   (`RelayConfig::lease`, 15 s), then the others take them. No lock or transaction is
+//!   held across Kafka I/O.
 //! - **Prompt, without slowing the writers**: a service wakes its own relay in-process
 //!   after committing outbox rows, and tells the relays of other instances with a
 //!   `NOTIFY outbox` sent outside the business transaction ([`Wake`]); relays also poll
@@ -32,6 +38,7 @@
 mod backlog;
 pub mod cleanup;
 pub mod inbox;
+pub mod leases;
 pub mod parked;
 mod queue;
 mod relay;

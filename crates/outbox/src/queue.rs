@@ -5,12 +5,16 @@
 //! (each with the trace it continues) and hands them to [`Outbox::commit`], which writes
 //! them in one statement, commits, and wakes the relay. A service whose business write is
 //! one statement (order-service's order) instead binds a [`Row`] into [`INSERT_ONE`] and
-//! calls [`Outbox::committed`].
+//! calls [`Outbox::committed`]; [`INSERT_ONE`] takes no lock, so it is for a key no other
+//! transaction can be writing (a new order's id).
 
 use events::{Envelope, Event, Topics, TraceContext};
 use sqlx::{Postgres, Transaction};
 
 use crate::Wake;
+
+/// The namespace of the writers' slot locks (`pg_advisory_xact_lock(SLOT_LOCKS, slot)`).
+const SLOT_LOCKS: i32 = 0x6f75_7462; // "outb"
 
 /// The head of an insert of one outbox row; its values are a [`Row`]'s, in field order:
 /// `… SELECT topic, key, payload, headers FROM …`.
@@ -143,6 +147,12 @@ impl Row {
 }
 
 /// Inserts `rows` in one statement, in their order (ids are publication order).
+///
+/// It first takes, until the transaction ends, a lock on each slot its keys fall in
+/// (in slot order, so two writers never wait on each other in a circle): two
+/// transactions that write one key then commit in the order of their rows' ids, and the
+/// relay, which sends a key's rows in id order, sends them in commit order too. At most
+/// 64 locks, whatever the number of rows.
 async fn insert(tx: &mut sqlx::PgConnection, rows: &[Row]) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
@@ -153,15 +163,21 @@ async fn insert(tx: &mut sqlx::PgConnection, rows: &[Row]) -> Result<(), sqlx::E
     let headers: Vec<&serde_json::Value> = rows.iter().map(|r| &r.headers).collect();
     // WITH ORDINALITY keeps the rows' order, so ids (publication order) follow it.
     sqlx::query(
-        "INSERT INTO outbox (topic, message_key, payload, headers)
+        "WITH locked AS (
+             SELECT pg_advisory_xact_lock($5, s)
+             FROM (SELECT DISTINCT outbox_slot(k)::int AS s FROM unnest($2::text[]) AS k
+                   ORDER BY 1) AS slots)
+         INSERT INTO outbox (topic, message_key, payload, headers)
          SELECT t, k, p, h FROM unnest($1::text[], $2::text[], $3::bytea[], $4::jsonb[])
              WITH ORDINALITY AS r(t, k, p, h, n)
+         WHERE (SELECT count(*) FROM locked) >= 0
          ORDER BY n",
     )
     .bind(topics)
     .bind(keys)
     .bind(payloads)
     .bind(headers)
+    .bind(SLOT_LOCKS)
     .execute(tx)
     .await?;
     Ok(())

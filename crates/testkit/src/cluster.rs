@@ -12,7 +12,7 @@ use testcontainers::{ContainerAsync, GenericImage};
 
 use crate::engine;
 use crate::images::kafka_image;
-use crate::kafka::{new_cluster_id, Kafka, Node};
+use crate::kafka::{new_cluster_id, KafkaClient, Node};
 use crate::runtime::{on_testkit, spawn_detached};
 use crate::{names, Error, Result};
 
@@ -27,7 +27,7 @@ const STARTS: usize = 2;
 
 /// A running 3-broker cluster, removed when dropped.
 pub struct KafkaCluster {
-    kafka: Kafka,
+    kafka: KafkaClient,
     brokers: Vec<ClusterBroker>,
     /// The cluster's own network; removed after its containers.
     network: String,
@@ -126,7 +126,7 @@ impl KafkaCluster {
             .collect::<Vec<_>>()
             .join(",");
         let cluster = Self {
-            kafka: Kafka::at(bootstrap),
+            kafka: KafkaClient::at(bootstrap),
             brokers,
             network,
         };
@@ -169,7 +169,7 @@ impl KafkaCluster {
     }
 
     /// Helpers bound to all three brokers.
-    pub fn client(&self) -> &Kafka {
+    pub fn client(&self) -> &KafkaClient {
         &self.kafka
     }
 

@@ -40,7 +40,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A single-broker Kafka (KRaft, broker and controller in one process).
 pub struct KafkaBroker {
-    kafka: Kafka,
+    kafka: KafkaClient,
     /// The broker's container; `None` in external mode.
     _container: Option<Arc<ContainerAsync<GenericImage>>>,
 }
@@ -56,7 +56,7 @@ impl Drop for KafkaBroker {
 
 impl KafkaBroker {
     /// Helpers bound to this broker.
-    pub fn client(&self) -> &Kafka {
+    pub fn client(&self) -> &KafkaClient {
         &self.kafka
     }
 
@@ -108,7 +108,7 @@ pub async fn broker() -> Result<&'static KafkaBroker> {
                 std::env::var("OP_DATABASE_URL"),
                 std::env::var("OP_KAFKA_BOOTSTRAP"),
             ) {
-                let kafka = Kafka::at(bootstrap);
+                let kafka = KafkaClient::at(bootstrap);
                 kafka.wait_for_brokers(1, STARTUP_TIMEOUT).await?;
                 return Ok(KafkaBroker {
                     kafka,
@@ -157,7 +157,7 @@ async fn start_single_broker_once() -> Result<KafkaBroker> {
             source,
         })?;
     let broker = KafkaBroker {
-        kafka: Kafka::at(format!("127.0.0.1:{port}")),
+        kafka: KafkaClient::at(format!("127.0.0.1:{port}")),
         _container: Some(Arc::new(container)),
     };
     broker
@@ -265,11 +265,11 @@ impl Node {
 
 /// Helpers bound to one bootstrap address. Every call is bounded in time.
 #[derive(Debug, Clone)]
-pub struct Kafka {
+pub struct KafkaClient {
     bootstrap: String,
 }
 
-impl Kafka {
+impl KafkaClient {
     pub fn at(bootstrap: impl Into<String>) -> Self {
         Self {
             bootstrap: bootstrap.into(),
