@@ -7,14 +7,13 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use chaos::drills::{self, DRILLS};
 use chaos::run::{self, Options};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
 #[derive(Parser)]
 #[command(
     name = "chaos",
     version,
-    about = "Failure drills: the whole platform under load, a fault injected mid-flow and healed, then a check that no order was lost, doubled, double-charged or stuck",
-    args_conflicts_with_subcommands = true
+    about = "Failure drills: the whole platform under load, a fault injected mid-flow and healed, then a check that no order was lost, doubled, double-charged or stuck"
 )]
 struct Cli {
     /// Drills to run (all when none is named).
@@ -40,29 +39,11 @@ struct Cli {
     /// Where reports go: <out>/<run>/report.md.
     #[arg(long, default_value = "target/chaos")]
     out: PathBuf,
-
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve the stand-in payment gateway (the drills start it themselves).
-    #[command(hide = true)]
-    ServeGateway {
-        #[arg(long)]
-        listen: std::net::SocketAddr,
-        #[arg(long)]
-        record: PathBuf,
-    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::ServeGateway { listen, record }) = cli.command {
-        return chaos::gateway::serve(listen, &record).await;
-    }
     if cli.list {
         for drill in DRILLS {
             println!("{:<18} {}", drill.name, drill.about);

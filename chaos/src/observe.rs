@@ -3,12 +3,11 @@
 //! record — gathered into an [`Observed`] for the checker.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::checker::{Lag, Observed, OrderState, Second, Transition, Window};
+use crate::checker::{Lag, Observed, OrderState, PaymentState, Second, Transition, Window};
 use crate::platform::Platform;
 
 /// The consumer groups of the platform and the topics each reads.
@@ -72,31 +71,53 @@ pub async fn records(platform: &Platform, topic: &str) -> anyhow::Result<i64> {
     Ok(platform.cluster.client().record_count(topic).await?)
 }
 
-/// An order as read: id, status, created, paid.
-type OrderRow = (Uuid, String, DateTime<Utc>, Option<DateTime<Utc>>);
+/// An order as read: id, status, amount, currency, created, settled.
+type OrderRow = (
+    Uuid,
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
 
-/// Everything the checker needs. `started_ms` is when the load began (Unix epoch);
-/// `fault` when the fault was in force; `recovered_after` as measured by the drill.
-pub async fn observe(
-    platform: &Platform,
-    requests: Vec<loadgen::Request>,
-    started_ms: i64,
-    fault: Option<Window>,
-) -> anyhow::Result<Observed> {
+/// What the run was: its requests and plan, when it started, when the fault was in force
+/// and when order-service was down.
+pub struct Run {
+    pub requests: Vec<loadgen::Request>,
+    pub planned: u64,
+    /// Unix milliseconds.
+    pub started_ms: i64,
+    pub fault: Option<Window>,
+    pub orders_down: Vec<(i64, i64)>,
+}
+
+/// Everything the checker needs.
+pub async fn observe(platform: &Platform, run: Run) -> anyhow::Result<Observed> {
     let orders_pool = platform.orders_db.pool();
-    let rows: Vec<OrderRow> = sqlx::query_as("SELECT id, status, created_at, paid_at FROM orders")
-        .fetch_all(orders_pool)
-        .await?;
+    let rows: Vec<OrderRow> = sqlx::query_as(
+        "SELECT id, status, amount::text, currency, created_at,
+                CASE WHEN status = 'PENDING' THEN NULL ELSE coalesce(paid_at, updated_at) END
+         FROM orders",
+    )
+    .fetch_all(orders_pool)
+    .await?;
+    let existing = rows.iter().map(|r| r.0).collect();
+    let started_ms = run.started_ms;
     // Orders from before the load (the warm-up) are not the drill's.
     let orders: Vec<OrderState> = rows
         .into_iter()
-        .filter(|(_, _, created, _)| created.timestamp_millis() >= started_ms)
-        .map(|(id, status, created, paid)| OrderState {
-            id,
-            status,
-            created_ms: created.timestamp_millis(),
-            paid_ms: paid.map(|p| p.timestamp_millis()),
-        })
+        .filter(|(_, _, _, _, created, _)| created.timestamp_millis() >= started_ms)
+        .map(
+            |(id, status, amount, currency, created, settled)| OrderState {
+                id,
+                status,
+                amount,
+                currency,
+                created_ms: created.timestamp_millis(),
+                paid_ms: settled.map(|p| p.timestamp_millis()),
+            },
+        )
         .collect();
     let keys: HashMap<String, Uuid> =
         sqlx::query_as::<_, (String, Uuid)>("SELECT key, order_id FROM idempotency_keys")
@@ -112,34 +133,41 @@ pub async fn observe(
     .into_iter()
     .map(|(order_id, from, to)| Transition { order_id, from, to })
     .collect();
-    let payments: HashMap<Uuid, u32> = sqlx::query_as::<_, (Uuid, i64)>(
-        "SELECT order_id, count(*) FROM payments GROUP BY order_id",
+    let payments: Vec<PaymentState> = sqlx::query_as::<_, (Uuid, String, String, String)>(
+        "SELECT order_id, status, amount::text, currency FROM payments",
     )
     .fetch_all(platform.payments_db.pool())
     .await?
     .into_iter()
-    .map(|(id, n)| (id, u32::try_from(n).unwrap_or(u32::MAX)))
+    .map(|(order_id, status, amount, currency)| PaymentState {
+        order_id,
+        status,
+        amount,
+        currency,
+    })
     .collect();
-    let charges = crate::gateway::read_record(&platform.gateway_log)?;
     let mut dead_letters = 0;
     for topic in platform.topics.all() {
         dead_letters += records(platform, &kafka::dead_letter_topic(topic)).await?;
     }
     let timeline = timeline(&orders, started_ms);
-    let recovered_after = fault.and_then(|f| recovery(&orders, started_ms, f));
     Ok(Observed {
-        requests,
+        requests: run.requests,
+        planned: run.planned,
         orders,
+        existing,
         keys,
         payments,
-        charges,
+        charges: platform.gateway.charges(),
+        gateway_requests: platform.gateway.requests(),
         transitions,
         lag: lag(platform).await?,
         unpublished: unpublished(platform).await?,
         dead_letters,
         timeline,
-        fault,
-        recovered_after,
+        fault: run.fault,
+        started_ms,
+        orders_down: run.orders_down,
     })
 }
 
@@ -162,31 +190,6 @@ pub fn timeline(orders: &[OrderState], started_ms: i64) -> Vec<Second> {
     seconds
 }
 
-/// How long after the heal the backlog fell back to what the system carries anyway:
-/// the first moment after the heal at which every order accepted more than two seconds
-/// earlier is settled. `None` if that never happened.
-pub fn recovery(orders: &[OrderState], started_ms: i64, fault: Window) -> Option<Duration> {
-    let heal_ms = started_ms + i64::try_from(fault.heal_s).ok()? * 1000;
-    let last_ms = orders.iter().map(|o| o.paid_ms.unwrap_or(i64::MAX)).max()?;
-    if last_ms == i64::MAX {
-        return None; // some order never settled
-    }
-    // Step through time in 100 ms from the heal; at each moment, is anything older than
-    // 2 s unsettled? Once past the last payment nothing is, so this ends.
-    let mut at = heal_ms;
-    loop {
-        let behind = orders
-            .iter()
-            .any(|o| o.created_ms < at - 2000 && o.paid_ms.is_none_or(|paid| paid > at));
-        if !behind {
-            return Some(Duration::from_millis(
-                u64::try_from(at - heal_ms).unwrap_or(0),
-            ));
-        }
-        at += 100;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +198,8 @@ mod tests {
         OrderState {
             id: Uuid::now_v7(),
             status: if paid.is_some() { "PAID" } else { "PENDING" }.into(),
+            amount: "1.00".into(),
+            currency: "EUR".into(),
             created_ms: created,
             paid_ms: paid,
         }
@@ -212,27 +217,5 @@ mod tests {
         assert_eq!((seconds[0].accepted, seconds[0].paid), (1, 1));
         assert_eq!((seconds[1].accepted, seconds[1].paid), (2, 0));
         assert_eq!(seconds[3].paid, 1);
-    }
-
-    #[test]
-    fn recovery_is_when_nothing_older_than_two_seconds_is_waiting() {
-        // Healed at 10 s; an order from 5 s is paid at 14 s: recovered 4 s after the heal.
-        let orders = [order(5_000, Some(14_000)), order(13_000, Some(13_050))];
-        let fault = Window {
-            start_s: 5,
-            heal_s: 10,
-        };
-        assert_eq!(
-            recovery(&orders, 0, fault),
-            Some(Duration::from_millis(4_000))
-        );
-        let never = [order(5_000, None)];
-        assert_eq!(recovery(&never, 0, fault), None);
-        // Healed after the last payment (a long fault): recovered at once.
-        let late = Window {
-            start_s: 5,
-            heal_s: 30,
-        };
-        assert_eq!(recovery(&orders, 0, late), Some(Duration::ZERO));
     }
 }

@@ -1,7 +1,8 @@
 //! The platform a drill runs: a 3-broker KRaft cluster (RF 3, `min.insync.replicas=2`)
-//! and a durable PostgreSQL from the test kit, the stand-in gateway, and release builds
-//! of order-service and payment-service as OS processes — as many instances as the drill
-//! asks for — each of which can be killed and started again.
+//! and a durable PostgreSQL from the test kit, the stand-in gateway (in this process,
+//! as strict as a provider, its faults set by the drill), and release builds of
+//! order-service and payment-service as OS processes — as many instances as the drill
+//! asks for — each of which can be killed, frozen and started again.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -60,6 +61,27 @@ impl Service {
         Ok(())
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): the process freezes as a paused VM or a
+    /// stuck machine would, its sockets open and its kernel answering TCP.
+    pub fn freeze(&mut self, frozen: bool) {
+        if let Some(child) = self.child.as_ref() {
+            let signal = if frozen { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// The log's `ERROR` lines so far.
+    pub fn error_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// SIGKILL: no shutdown at all, as a crash or an OOM kill would have it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -68,23 +90,26 @@ impl Service {
         }
     }
 
-    /// SIGTERM, and a wait for the process to stop (SIGKILL after `limit`).
-    pub async fn terminate(&mut self, limit: Duration) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
+    /// SIGTERM, and a wait for the process to stop (SIGKILL after `limit`). Returns its
+    /// exit status: `None` if it had to be killed (or was not running).
+    pub async fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-CONT", &child.id().to_string()])
+            .status();
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
         let started = Instant::now();
         while started.elapsed() < limit {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let _ = child.kill();
         let _ = child.wait();
+        None
     }
 
     pub fn url(&self) -> String {
@@ -109,9 +134,8 @@ pub struct Platform {
     pub topics: Topics,
     pub orders: Vec<Service>,
     pub payments: Vec<Service>,
-    pub gateway_log: PathBuf,
-    gateway: Child,
-    gateway_url: String,
+    /// The payment gateway: every request on record, faults on demand.
+    pub gateway: gateway_stand_in::StandIn,
     bin_dir: PathBuf,
     dir: PathBuf,
 }
@@ -134,10 +158,12 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(testkit::engine::free_port()?)
 }
+
+/// How long the stand-in gateway takes to answer a charge, as a card network does: long
+/// enough that charges are in flight when a drill kills or moves a payment-service.
+const CHARGE_DELAY: Duration = Duration::from_millis(30);
 
 impl Platform {
     /// Starts the infrastructure, the gateway and `orders` + `payments` instances, and
@@ -154,21 +180,17 @@ impl Platform {
         let prefix = format!("{}.", testkit::unique_name("drill"));
         let topics = Topics::with_prefix(&prefix);
 
-        let gateway_port = free_port()?;
-        let gateway_log = dir.join("gateway.jsonl");
-        let gateway = Command::new(std::env::current_exe()?)
-            .args([
-                "serve-gateway",
-                "--listen",
-                &format!("127.0.0.1:{gateway_port}"),
-                "--record",
-            ])
-            .arg(&gateway_log)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the stand-in gateway")?;
-        let gateway_url = format!("http://127.0.0.1:{gateway_port}");
+        let gateway = gateway_stand_in::StandIn::start_with(
+            gateway_stand_in::Settings {
+                charge_delay: Some(CHARGE_DELAY),
+                ..gateway_stand_in::Settings::strict()
+            },
+            ([127, 0, 0, 1], 0).into(),
+            None,
+            Some(&dir.join("gateway.jsonl")),
+        )
+        .await
+        .context("starting the stand-in gateway")?;
 
         let mut platform = Self {
             cluster,
@@ -178,9 +200,7 @@ impl Platform {
             topics,
             orders: Vec::new(),
             payments: Vec::new(),
-            gateway_log,
             gateway,
-            gateway_url,
             bin_dir,
             dir: dir.to_owned(),
         };
@@ -239,7 +259,7 @@ impl Platform {
                     "PAYMENT_DATABASE_URL".to_owned(),
                     self.payments_db.url.clone(),
                 ),
-                ("PAYMENT_GATEWAY_URL".to_owned(), self.gateway_url.clone()),
+                ("PAYMENT_GATEWAY_URL".to_owned(), self.gateway.url()),
             ]),
         }
         let mut service = Service {
@@ -266,6 +286,11 @@ impl Platform {
             .strip_suffix(events::topics::ORDER_CREATED)
             .unwrap_or_default()
             .to_owned()
+    }
+
+    /// Base URLs of the payment-service instances.
+    pub fn payment_urls(&self) -> Vec<String> {
+        self.payments.iter().map(Service::url).collect()
     }
 
     /// Base URLs of the order-service instances.
@@ -315,22 +340,35 @@ impl Platform {
         }
     }
 
-    /// Stops every service (SIGTERM, bounded) and the gateway.
-    pub async fn stop(&mut self) {
+    /// Stops every service (SIGTERM, bounded); returns how each ended, by label: its exit
+    /// status, or `None` when it had to be killed.
+    pub async fn stop(&mut self) -> Vec<(String, Option<std::process::ExitStatus>)> {
+        let mut ended = Vec::new();
         for service in self.orders.iter_mut().chain(self.payments.iter_mut()) {
-            service.terminate(Duration::from_secs(25)).await;
+            if service.child.is_some() {
+                let label = service.label();
+                ended.push((label, service.terminate(Duration::from_secs(25)).await));
+            }
         }
-        let _ = self.gateway.kill();
-        let _ = self.gateway.wait();
+        ended
+    }
+
+    /// Every service's `ERROR` lines, by label.
+    pub fn error_lines(&self) -> Vec<(String, Vec<String>)> {
+        self.orders
+            .iter()
+            .chain(self.payments.iter())
+            .map(|s| (s.label(), s.error_lines()))
+            .filter(|(_, lines)| !lines.is_empty())
+            .collect()
     }
 }
 
 impl Drop for Platform {
     fn drop(&mut self) {
         for service in self.orders.iter_mut().chain(self.payments.iter_mut()) {
+            service.freeze(false);
             service.kill();
         }
-        let _ = self.gateway.kill();
-        let _ = self.gateway.wait();
     }
 }

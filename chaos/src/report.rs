@@ -11,31 +11,34 @@ use crate::run::Outcome;
 /// The table, one row per drill, as Markdown.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
-        "| drill | seed | sent | acknowledged | indeterminate (existing) | paid | lost | doubled | double-charged | DLT | max lag | fault (s) | paid during fault | recovered after heal | POST→PAID p50 / p99 | took | verdict |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| drill | seed | rate | sent | acknowledged | indeterminate (existing) | paid | failed | charges | most requests for one order | lost | money | DLT | max lag | fault (s) | paid during fault | longest wait | POST→PAID p50 / p99 | took | verdict |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for o in outcomes {
         let v = &o.verdict;
         let ms = |x: Option<i64>| x.map_or("—".into(), |v| format!("{v} ms"));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} | {}–{} | {} | {} | {} / {} | {:.0} s | {} |",
+            "| {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {}–{} | {} | {} | {} / {} | {:.0} s | {} |",
             o.drill.name,
             o.seed,
+            o.rate,
             v.sent,
             v.acknowledged,
             v.indeterminate,
             v.indeterminate_existing,
             v.paid,
+            v.payment_failed,
+            v.charges,
+            v.charge_requests_max,
             v.lost.len(),
-            v.doubled.len(),
-            v.double_charged.len(),
+            v.money.len(),
             v.dead_letters,
             v.max_lag,
             o.fault.start_s,
             o.fault.heal_s,
             v.paid_during_fault.map_or("—".into(), |n| n.to_string()),
-            v.recovered_after_s.map_or("never".into(), |s| format!("{s:.1} s")),
+            v.longest_wait_s.map_or("—".into(), |s| format!("{s:.1} s")),
             ms(v.latency_p50_ms),
             ms(v.latency_p99_ms),
             o.took.as_secs_f64(),
@@ -56,6 +59,28 @@ pub fn markdown(run: &str, outcomes: &[Outcome]) -> String {
         );
         for action in &o.notes.actions {
             let _ = writeln!(out, "- {action}");
+        }
+        if !o.notes.proofs.is_empty() {
+            let _ = writeln!(out, "\nThe fault took effect:");
+            for proof in &o.notes.proofs {
+                let _ = writeln!(out, "- {proof}");
+            }
+        }
+        let _ = writeln!(out, "\nHow the services ended:");
+        for (label, status) in &o.exits {
+            let _ = writeln!(
+                out,
+                "- {label}: {}",
+                status.map_or("killed after the bound".into(), |s| s.to_string())
+            );
+        }
+        for (label, lines) in &o.errors {
+            let _ = writeln!(
+                out,
+                "- {label}: {} ERROR lines, the first: `{}`",
+                lines.len(),
+                lines[0].chars().take(300).collect::<String>()
+            );
         }
         let failures = o.verdict.failures();
         if failures.is_empty() {

@@ -37,6 +37,13 @@ pub struct Outcome {
     pub fault: Window,
     pub timeline: Vec<checker::Second>,
     pub took: Duration,
+    /// How each service ended at the drill's end: its label and exit status (`None`:
+    /// killed after the bound).
+    pub exits: Vec<(String, Option<std::process::ExitStatus>)>,
+    /// Each service's `ERROR` log lines.
+    pub errors: Vec<(String, Vec<String>)>,
+    /// Orders per second offered.
+    pub rate: f64,
 }
 
 /// Runs `drill` with `options`, writing its files under `dir`.
@@ -60,16 +67,18 @@ pub async fn run(drill: &'static Drill, options: &Options, dir: &Path) -> anyhow
     let duration = options
         .duration
         .max(options.fault_at + drill.fault_length + Duration::from_secs(10));
+    let rate = drill.rate.unwrap_or(options.rate);
     let progress = Arc::new(loadgen::Progress::default());
     let load = loadgen::LoadConfig {
         targets: platform.order_urls(),
-        rate: options.rate,
+        rate,
         duration,
         request_timeout: Duration::from_secs(5),
         give_up_after: Duration::from_secs(90),
         seed: options.seed,
         run_id: format!("{}-{}", drill.name, options.seed),
     };
+    let planned = loadgen::planned(&load);
     let stop = CancellationToken::new();
     let started_ms = chrono::Utc::now().timestamp_millis();
     let load_started = Instant::now();
@@ -125,13 +134,24 @@ pub async fn run(drill: &'static Drill, options: &Options, dir: &Path) -> anyhow
     stop.cancel();
 
     let fault = Window { start_s, heal_s };
-    let observed = crate::observe::observe(&platform, requests, started_ms, Some(fault)).await?;
+    let run = crate::observe::Run {
+        requests,
+        planned,
+        started_ms,
+        fault: Some(fault),
+        orders_down: notes.orders_down.clone(),
+    };
+    let observed = crate::observe::observe(&platform, run).await?;
     let expect = Expectations {
-        min_paid: (options.rate * duration.as_secs_f64() * 0.8) as u64,
+        rate,
         flow_during_fault: drill.flow_during_fault,
+        grace: drill.grace,
         recover_within: options.recover_within,
     };
     let mut verdict = checker::check(&observed, &expect);
+    verdict
+        .fault_unproven
+        .extend(notes.unproven.iter().cloned());
     if let Some(published) = notes.published_during {
         if published != 0 {
             verdict.no_progress.push(format!(
@@ -145,14 +165,23 @@ pub async fn run(drill: &'static Drill, options: &Options, dir: &Path) -> anyhow
             .filter(|(s, _)| (start_s..heal_s).contains(&(*s as u64)))
             .map(|(_, s)| s.accepted)
             .sum();
-        if accepted_during == 0 {
-            verdict
-                .no_progress
-                .push("no order was accepted while two brokers were down".into());
+        let offered = rate * (heal_s - start_s) as f64;
+        if (accepted_during as f64) < offered / 2.0 {
+            verdict.fault_unproven.push(format!(
+                "{accepted_during} orders accepted while two brokers were down, of about {offered:.0} offered"
+            ));
         }
     }
     loadgen::write_history(&dir.join("history.jsonl"), &observed.requests)?;
-    platform.stop().await;
+    let exits = platform.stop().await;
+    for (label, status) in &exits {
+        if !status.is_some_and(|s| s.success()) {
+            verdict
+                .stuck
+                .push(format!("{label} did not exit 0 at the end: {status:?}"));
+        }
+    }
+    let errors = platform.error_lines();
     drop(platform);
     Ok(Outcome {
         drill,
@@ -162,6 +191,9 @@ pub async fn run(drill: &'static Drill, options: &Options, dir: &Path) -> anyhow
         fault,
         timeline: observed.timeline,
         took: began.elapsed(),
+        exits,
+        errors,
+        rate,
     })
 }
 

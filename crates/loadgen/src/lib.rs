@@ -118,7 +118,7 @@ pub async fn run(
         .build()?;
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / config.rate);
-    let total = (config.rate * config.duration.as_secs_f64()).round() as u64;
+    let total = planned(config);
     let mut amounts = Amounts(config.seed | 1);
     let mut tasks = Vec::with_capacity(total as usize);
     // Ticks are kept to the schedule (a late tick is not skipped), so the rate holds.
@@ -135,21 +135,39 @@ pub async fn run(
             amount: amounts.next(),
         };
         progress.started.fetch_add(1, Ordering::Relaxed);
-        tasks.push(tokio::spawn(send(
+        let (key, amount) = (order.key.clone(), order.amount.clone());
+        let started_ms = started.elapsed().as_millis() as u64;
+        let task = tokio::spawn(send(
             client.clone(),
             config.clone(),
             order,
             started,
             progress.clone(),
-        )));
+        ));
+        tasks.push((seq, key, amount, started_ms, task));
     }
     let mut requests = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        if let Ok(request) = task.await {
-            requests.push(request);
-        }
+    for (seq, idempotency_key, amount, started_ms, task) in tasks {
+        // A send that panicked is on the record too: its order may exist.
+        let request = task.await.unwrap_or_else(|e| Request {
+            seq,
+            idempotency_key,
+            amount,
+            started_ms,
+            ended_ms: started.elapsed().as_millis() as u64,
+            attempts: 0,
+            outcome: Outcome::Indeterminate {
+                last_error: format!("the send failed: {e}"),
+            },
+        });
+        requests.push(request);
     }
     Ok(requests)
+}
+
+/// How many orders `config` plans: its rate times its duration.
+pub fn planned(config: &LoadConfig) -> u64 {
+    (config.rate * config.duration.as_secs_f64()).round() as u64
 }
 
 struct Order {

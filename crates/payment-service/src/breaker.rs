@@ -5,7 +5,9 @@
 //!   gateway working and ends the run of failures; an answer that is about the gateway
 //!   (no connection, a timeout, `5xx`, `429`, `401`, `403`, a `404` from the charge
 //!   endpoint) adds the order to the run. When the run holds
-//!   `PAYMENT_GATEWAY_BREAKER_FAILURES` different orders, the breaker **opens**.
+//!   `PAYMENT_GATEWAY_BREAKER_FAILURES` different orders, or has lasted
+//!   `PAYMENT_GATEWAY_BREAKER_WINDOW_MS` without a single answer (judged over time: a
+//!   consumer whose partitions all wait holds only so many orders), the breaker **opens**.
 //! - **Open**: no call is made; the orders wait (the consumer is in an outage: nothing is
 //!   dead-lettered, no attempt is used up). After `PAYMENT_GATEWAY_BREAKER_OPEN_MS` it is
 //!   **half-open**.
@@ -46,6 +48,15 @@ pub struct BreakerSettings {
         default_value_t = 5000
     )]
     pub open_ms: u64,
+
+    /// Failed gateway calls with no answer at all for this long, in milliseconds, also
+    /// open the breaker (at least two of them).
+    #[arg(
+        long = "gateway-breaker-window-ms",
+        env = "PAYMENT_GATEWAY_BREAKER_WINDOW_MS",
+        default_value_t = 10_000
+    )]
+    pub window_ms: u64,
 }
 
 impl Default for BreakerSettings {
@@ -53,6 +64,7 @@ impl Default for BreakerSettings {
         Self {
             failures: 5,
             open_ms: 5000,
+            window_ms: 10_000,
         }
     }
 }
@@ -107,8 +119,10 @@ struct Inner {
     until: Instant,
     /// A probe is in flight.
     probing: bool,
-    /// The orders of the current run of failures.
+    /// The orders of the current run of failures, its calls, and when it began.
     run: HashSet<String>,
+    run_calls: u32,
+    run_began: Instant,
     /// Why it opened, for people.
     reason: String,
     since: Instant,
@@ -130,6 +144,8 @@ impl Breaker {
                 until: Instant::now(),
                 probing: false,
                 run: HashSet::new(),
+                run_calls: 0,
+                run_began: Instant::now(),
                 reason: String::new(),
                 since: Instant::now(),
             }),
@@ -164,6 +180,7 @@ impl Breaker {
         inner.probing = false;
         if answered {
             inner.run.clear();
+            inner.run_calls = 0;
             self.transition(&mut inner, State::Closed);
         } else {
             inner.reason = reason.to_owned();
@@ -178,6 +195,7 @@ impl Breaker {
         }
         let mut inner = self.lock();
         inner.run.clear();
+        inner.run_calls = 0;
         if inner.state == State::HalfOpen && !inner.probing {
             self.transition(&mut inner, State::Closed);
         }
@@ -186,8 +204,15 @@ impl Breaker {
     /// A call about `key` failed for a reason about the gateway.
     pub fn failed(&self, key: &str, reason: &str) {
         let mut inner = self.lock();
+        if inner.run_calls == 0 {
+            inner.run_began = Instant::now();
+        }
+        inner.run_calls += 1;
         inner.run.insert(key.to_owned());
-        if inner.state == State::Closed && inner.run.len() >= self.settings.failures as usize {
+        let many = inner.run.len() >= self.settings.failures as usize;
+        let long = inner.run_calls >= 2
+            && inner.run_began.elapsed() >= Duration::from_millis(self.settings.window_ms);
+        if inner.state == State::Closed && (many || long) {
             inner.reason = reason.to_owned();
             self.open(&mut inner);
         }
@@ -256,7 +281,24 @@ mod tests {
     use super::*;
 
     fn breaker(failures: u32, open_ms: u64) -> Breaker {
-        Breaker::new(BreakerSettings { failures, open_ms })
+        Breaker::new(BreakerSettings {
+            failures,
+            open_ms,
+            window_ms: 60_000,
+        })
+    }
+
+    #[test]
+    fn failures_with_no_answer_for_the_window_open_it_too() {
+        let breaker = Breaker::new(BreakerSettings {
+            failures: 100,
+            open_ms: 60_000,
+            window_ms: 0,
+        });
+        breaker.failed("a", "401");
+        assert_eq!(breaker.permit(), Permit::Call, "one failure is not a run");
+        breaker.failed("a", "401");
+        assert_eq!(breaker.permit(), Permit::Refused);
     }
 
     #[test]

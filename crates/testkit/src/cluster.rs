@@ -279,9 +279,7 @@ impl ClusterBroker {
         on_testkit(async move { Ok(container.start().await?) }).await
     }
 
-    /// Whether the broker's container is running (not killed, stopped or exited).
-    /// The broker's address on the cluster's network (for cutting it off with a
-    /// firewall rule, say).
+    /// The broker's address on the cluster's network.
     pub async fn ip_address(&self) -> Result<String> {
         let docker = engine::docker().await?;
         let id = self.container.id().to_owned();
@@ -300,6 +298,23 @@ impl ClusterBroker {
         .await
     }
 
+    /// The host's process id of the broker's main process: its network namespace is the
+    /// container's (`nsenter -t <pid> -n …`).
+    pub async fn pid(&self) -> Result<i64> {
+        let docker = engine::docker().await?;
+        let id = self.container.id().to_owned();
+        on_testkit(async move {
+            let inspected = docker.inspect_container(&id, None).await?;
+            inspected
+                .state
+                .and_then(|s| s.pid)
+                .filter(|pid| *pid > 0)
+                .ok_or_else(|| Error::Unsupported(format!("container {id} has no process")))
+        })
+        .await
+    }
+
+    /// Whether the broker's container is running (not killed, stopped or exited).
     pub async fn is_running(&self) -> Result<bool> {
         let container = self.container.clone();
         on_testkit(async move { Ok(container.is_running().await?) }).await
