@@ -358,23 +358,34 @@ impl Drill {
     }
 }
 
-async fn broker_kill(
+/// SIGKILLs the leader of a random `order.created` partition, proves its leadership
+/// moved, and restarts it `down` after the kill.
+async fn kill_a_leader(
     p: &mut Platform,
     dice: &mut Dice,
     notes: &mut FaultNotes,
+    (label, down): (&str, Duration),
 ) -> anyhow::Result<()> {
     let topic = p.topics.order_created.clone();
     let (partition, victim) = led_partition(p, &topic, dice).await?;
     p.cluster.broker(victim).kill().await?;
     notes.actions.push(format!(
-        "SIGKILL broker {victim} (leader of {topic}/{partition})"
+        "{label}SIGKILL broker {victim} (leader of {topic}/{partition})"
     ));
     let killed = Instant::now();
     leadership_moved(p, &topic, partition, victim, notes).await;
-    tokio::time::sleep(secs(15).saturating_sub(killed.elapsed())).await;
+    tokio::time::sleep(down.saturating_sub(killed.elapsed())).await;
     p.cluster.broker(victim).start().await?;
-    notes.actions.push(format!("restarted broker {victim}"));
+    notes.actions.push(format!("{label}restarted broker {victim}"));
     Ok(())
+}
+
+async fn broker_kill(
+    p: &mut Platform,
+    dice: &mut Dice,
+    notes: &mut FaultNotes,
+) -> anyhow::Result<()> {
+    kill_a_leader(p, dice, notes, ("", secs(15))).await
 }
 
 async fn leader_kill_loop(
@@ -382,17 +393,9 @@ async fn leader_kill_loop(
     dice: &mut Dice,
     notes: &mut FaultNotes,
 ) -> anyhow::Result<()> {
-    let topic = p.topics.order_created.clone();
     for round in 1..=5 {
-        let (partition, victim) = led_partition(p, &topic, dice).await?;
-        p.cluster.broker(victim).kill().await?;
-        notes.actions.push(format!(
-            "round {round}: SIGKILL broker {victim} (leader of {topic}/{partition})"
-        ));
-        let killed = Instant::now();
-        leadership_moved(p, &topic, partition, victim, notes).await;
-        tokio::time::sleep(dice.around(secs(6)).saturating_sub(killed.elapsed())).await;
-        p.cluster.broker(victim).start().await?;
+        let down = dice.around(secs(6));
+        kill_a_leader(p, dice, notes, (&format!("round {round}: "), down)).await?;
         p.cluster
             .client()
             .wait_for_brokers(3, secs(60))

@@ -811,7 +811,7 @@ impl BatchHandler for Notes {
         .bind(&texts)
         .execute(&self.pool)
         .await
-        .map_err(|e| service_kit::database::batch_error("notes", e))?;
+        .map_err(|e| service_kit::db_failure::batch_error("notes", e))?;
         Ok(vec![Outcome::Applied; batch.len()])
     }
 }

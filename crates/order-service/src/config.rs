@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use service_kit::settings::Naming;
-use service_kit::{Needs, ServiceSettings};
+use service_kit::ServiceSettings;
 
 /// How order-service names the settings every service has.
 pub const NAMING: Naming = Naming {
@@ -24,25 +24,5 @@ pub struct Config {
     pub service: ServiceSettings,
 }
 
-impl service_kit::ServiceConfig for Config {
-    const NAMING: Naming = NAMING;
+service_kit::service_config!(Config, NAMING, &crate::MIGRATIONS, "ORDER_DATABASE_URL");
 
-    fn service(&self) -> &ServiceSettings {
-        &self.service
-    }
-
-    fn service_mut(&mut self) -> &mut ServiceSettings {
-        &mut self.service
-    }
-}
-
-impl Config {
-    /// What the service needs before it can serve, from these settings.
-    pub fn needs(&self) -> Needs<'_> {
-        self.service.needs(&crate::MIGRATIONS, "ORDER_DATABASE_URL")
-    }
-
-    pub fn topics(&self) -> events::Topics {
-        self.service.topics()
-    }
-}

@@ -22,8 +22,8 @@ use rust_decimal::Decimal;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// The name this consumer records its processed events under.
-pub const CONSUMER: &str = "order-service.payments";
+/// The name this consumer records the events it applied under, in the inbox.
+pub const INBOX_NAME: &str = "order-service.payments";
 
 pub struct OnPaymentOutcome {
     pub pool: PgPool,
@@ -104,7 +104,7 @@ impl BatchHandler for OnPaymentOutcome {
         if !settlements.is_empty() {
             let settled = settle(&self.pool, &settlements)
                 .await
-                .map_err(|e| service_kit::database::batch_error("order database", e))?;
+                .map_err(|e| service_kit::db_failure::batch_error("order database", e))?;
             for (index, failure) in settled.untrusted {
                 outcomes[index] = Outcome::DeadLetter(failure);
             }
@@ -184,7 +184,7 @@ async fn settle(pool: &PgPool, settlements: &[Settlement]) -> sqlx::Result<Settl
         }
     }
     let event_ids: Vec<Uuid> = trusted.iter().map(|s| s.event_id).collect();
-    let fresh = outbox::inbox::record_new(&mut tx, CONSUMER, &event_ids).await?;
+    let fresh = outbox::inbox::record_new(&mut tx, INBOX_NAME, &event_ids).await?;
     let orders = |paid: bool| -> Vec<Uuid> {
         trusted
             .iter()

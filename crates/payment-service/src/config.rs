@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use service_kit::settings::Naming;
-use service_kit::{Needs, ServiceSettings};
+use service_kit::ServiceSettings;
 
 /// How payment-service names the settings every service has.
 pub const NAMING: Naming = Naming {
@@ -62,30 +62,10 @@ pub struct Config {
     pub simulated_decline_above: Option<rust_decimal::Decimal>,
 }
 
-impl service_kit::ServiceConfig for Config {
-    const NAMING: Naming = NAMING;
-
-    fn service(&self) -> &ServiceSettings {
-        &self.service
-    }
-
-    fn service_mut(&mut self) -> &mut ServiceSettings {
-        &mut self.service
-    }
-}
+service_kit::service_config!(Config, NAMING, &crate::MIGRATIONS, "PAYMENT_DATABASE_URL");
 
 impl Config {
-    /// What the service needs before it can serve, from these settings.
-    pub fn needs(&self) -> Needs<'_> {
-        self.service
-            .needs(&crate::MIGRATIONS, "PAYMENT_DATABASE_URL")
-    }
-
     pub fn gateway_timeout(&self) -> Duration {
         Duration::from_millis(self.gateway_timeout_ms)
-    }
-
-    pub fn topics(&self) -> events::Topics {
-        self.service.topics()
     }
 }

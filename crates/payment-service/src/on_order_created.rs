@@ -14,7 +14,7 @@
 //!
 //! A database error is an outage (the runner retries the whole batch) unless it is one
 //! that would recur however often it is tried — a value the database refuses — which the
-//! runner pins to its message by splitting the batch ([`service_kit::database`]).
+//! runner pins to its message by splitting the batch ([`service_kit::db_failure`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -60,7 +60,7 @@ impl BatchHandler for OnOrderCreated {
         if orders.is_empty() {
             return Ok(outcomes);
         }
-        let database = |e| service_kit::database::batch_error("payment database", e);
+        let database = |e| service_kit::db_failure::batch_error("payment database", e);
 
         let paid: HashSet<Uuid> = if self.charging.gateway.is_remote() {
             let order_ids: Vec<Uuid> = orders.iter().map(|(_, e)| e.payload.order_id).collect();

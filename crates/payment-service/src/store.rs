@@ -20,8 +20,9 @@ use uuid::Uuid;
 
 use crate::domain::{NewPayment, Payment, PaymentStatus};
 
-/// The name the `order.created` consumer records its processed events under.
-pub const CONSUMER: &str = "payment-service.order-created";
+/// The name the `order.created` consumer records the events it applied under, in the
+/// inbox.
+pub const INBOX_NAME: &str = "payment-service.order-created";
 
 /// What [`store_new`] wrote.
 #[derive(Debug, Default)]
@@ -40,7 +41,7 @@ pub async fn store_new(
     applied: &[Uuid],
     charged: &[NewPayment<'_>],
 ) -> sqlx::Result<Stored> {
-    let fresh = outbox::inbox::record_new(tx, CONSUMER, applied).await?;
+    let fresh = outbox::inbox::record_new(tx, INBOX_NAME, applied).await?;
     let new: Vec<&NewPayment> = charged
         .iter()
         .filter(|p| fresh.contains(&p.event.event_id))

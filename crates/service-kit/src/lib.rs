@@ -1,5 +1,5 @@
 //! What the services share, so each service holds only what is its own:
-//! - [`database`]: what a database error means for a consumer's batch (outage or
+//! - [`db_failure`]: what a database error means for a consumer's batch (outage or
 //!   refusal);
 //! - [`health`]: `GET /health/live` and `GET /health/ready`;
 //! - [`http`]: serving HTTP with bounds on slow and idle clients, each request's trace
@@ -15,7 +15,7 @@
 //! - [`init_tracing`]: log lines to stderr, as text or JSON, filtered by `RUST_LOG`;
 //! - [`shutdown_signal`]: Ctrl-C or SIGTERM.
 
-pub mod database;
+pub mod db_failure;
 pub mod health;
 pub mod http;
 pub mod lifecycle;

@@ -105,6 +105,37 @@ pub trait ServiceConfig: CommandFactory + FromArgMatches + Sized {
     }
 }
 
+/// Makes `$config` (a service's configuration, with its shared settings in a field
+/// `service`) a [`ServiceConfig`] named by `$naming`, whose own migrations are
+/// `$migrations` and whose database URL is the variable `$database`.
+#[macro_export]
+macro_rules! service_config {
+    ($config:ty, $naming:expr, $migrations:expr, $database:literal) => {
+        impl $crate::ServiceConfig for $config {
+            const NAMING: $crate::settings::Naming = $naming;
+
+            fn service(&self) -> &$crate::ServiceSettings {
+                &self.service
+            }
+
+            fn service_mut(&mut self) -> &mut $crate::ServiceSettings {
+                &mut self.service
+            }
+        }
+
+        impl $config {
+            /// What the service needs before it can serve, from these settings.
+            pub fn needs(&self) -> $crate::Needs<'_> {
+                self.service.needs($migrations, $database)
+            }
+
+            pub fn topics(&self) -> events::Topics {
+                self.service.topics()
+            }
+        }
+    };
+}
+
 /// Reads `C` (a service's configuration, flattening [`ServiceSettings`]) from `args`
 /// and the environment, named as `naming` says; on a bad setting, or `--help`, prints
 /// and exits as clap does.
