@@ -8,8 +8,9 @@
 //!   `COMPLETED` payment ⇔ exactly one approved charge at the gateway, of the order's
 //!   amount and currency; `PAYMENT_FAILED` ⇔ a declined charge and no approved one; no
 //!   approved charge for an order that is not `PAID`; no charge for an order that does not
-//!   exist; no two charge requests of one key in flight at once; and a gateway that
-//!   recorded no charge at all fails the run (the path was not used);
+//!   exist; no two charge requests of one key in flight at once; no key reused with
+//!   another body (the gateway's `422`); and a gateway that recorded no charge at all
+//!   fails the run (the path was not used);
 //! - **stuck**: consumer lag left at the end, or outbox rows never published;
 //! - **wrong order**: an order whose status went anywhere but forward from `PENDING`;
 //! - **dead letters**: any (no poison is injected, so there must be none);
@@ -397,6 +398,12 @@ fn check_money(observed: &Observed, judged: &HashSet<Uuid>, verdict: &mut Verdic
         *per_key.entry(request.idempotency_key.as_str()).or_default() += 1;
     }
     verdict.charge_requests_max = per_key.values().copied().max().unwrap_or(0);
+    for request in observed.gateway_requests.iter().filter(|r| r.answer == "422") {
+        verdict.money.push(format!(
+            "the gateway refused request {} ({}): its key was used before with another body",
+            request.seq, request.idempotency_key
+        ));
+    }
     for (first, second) in gateway_stand_in::overlapping(&observed.gateway_requests) {
         verdict.money.push(format!(
             "gateway requests {first} and {second} of one key were in flight at the same time"

@@ -277,6 +277,17 @@ fn one_order_paid_during_a_long_tolerated_fault_is_not_progress() {
 }
 
 #[test]
+fn a_key_reused_with_another_body_is_caught() {
+    let mut observed = healthy();
+    let key = observed.orders[6].id;
+    let mut reused = post(98, key, 9_000, 9_010);
+    reused.answer = "422".into();
+    observed.gateway_requests.push(reused);
+    let f = failures(&observed, &EXPECT);
+    assert!(f.iter().any(|l| l.contains("used before with another body")), "{f:?}");
+}
+
+#[test]
 fn a_stall_after_the_recovery_budget_is_caught() {
     let mut observed = healthy();
     // The last order waits 30 s, well after the fault (3 s to 5 s) and a 1 s budget.
