@@ -109,7 +109,7 @@ chaos *ARGS:
 latency *RATES:
     {{infra_env}}; scripts/latency.sh {{RATES}}
 
-# The benchmarks (consumer, order_path, end_to_end, kafka_produce), then target/bench-summary.md; `just bench consumer` runs one
+# The benchmarks (consumer, order_path, end_to_end, relay, kafka_produce), then target/bench-summary.md; `just bench consumer` runs one
 [group('test')]
 bench *NAMES:
     {{infra_env}}; rc=0; scripts/bench.sh {{NAMES}} || rc=$?; scripts/leftovers.sh || rc=1; exit $rc

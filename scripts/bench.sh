@@ -8,7 +8,7 @@
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
-all=(consumer order_path end_to_end kafka_produce)
+all=(consumer order_path end_to_end relay kafka_produce)
 (( $# > 0 )) || set -- "${all[@]}"
 for name in "$@"; do
   if [[ ! " ${all[*]} " == *" $name "* ]]; then
