@@ -398,7 +398,11 @@ fn check_money(observed: &Observed, judged: &HashSet<Uuid>, verdict: &mut Verdic
         *per_key.entry(request.idempotency_key.as_str()).or_default() += 1;
     }
     verdict.charge_requests_max = per_key.values().copied().max().unwrap_or(0);
-    for request in observed.gateway_requests.iter().filter(|r| r.answer == "422") {
+    for request in observed
+        .gateway_requests
+        .iter()
+        .filter(|r| r.answer == "422")
+    {
         verdict.money.push(format!(
             "the gateway refused request {} ({}): its key was used before with another body",
             request.seq, request.idempotency_key

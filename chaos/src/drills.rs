@@ -376,7 +376,9 @@ async fn kill_a_leader(
     leadership_moved(p, &topic, partition, victim, notes).await;
     tokio::time::sleep(down.saturating_sub(killed.elapsed())).await;
     p.cluster.broker(victim).start().await?;
-    notes.actions.push(format!("{label}restarted broker {victim}"));
+    notes
+        .actions
+        .push(format!("{label}restarted broker {victim}"));
     Ok(())
 }
 

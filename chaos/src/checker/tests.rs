@@ -284,7 +284,11 @@ fn a_key_reused_with_another_body_is_caught() {
     reused.answer = "422".into();
     observed.gateway_requests.push(reused);
     let f = failures(&observed, &EXPECT);
-    assert!(f.iter().any(|l| l.contains("used before with another body")), "{f:?}");
+    assert!(
+        f.iter()
+            .any(|l| l.contains("used before with another body")),
+        "{f:?}"
+    );
 }
 
 #[test]

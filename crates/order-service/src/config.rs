@@ -25,4 +25,3 @@ pub struct Config {
 }
 
 service_kit::service_config!(Config, NAMING, &crate::MIGRATIONS, "ORDER_DATABASE_URL");
-
