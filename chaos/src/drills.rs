@@ -403,6 +403,19 @@ async fn leader_kill_loop(
             .wait_for_brokers(3, secs(60))
             .await
             .context("the broker rejoins")?;
+        // The next kill only once the restarted broker is back in every in-sync replica
+        // set: killing a second replica before that is two of three down, a fault the
+        // design does not tolerate (min.insync.replicas 2).
+        for topic in [
+            p.topics.order_created.as_str(),
+            p.topics.payment_completed.as_str(),
+            "__consumer_offsets",
+        ] {
+            p.cluster
+                .wait_for_full_isr(topic, secs(120))
+                .await
+                .with_context(|| format!("{topic} back in sync after round {round}"))?;
+        }
         tokio::time::sleep(dice.around(secs(4))).await;
     }
     Ok(())

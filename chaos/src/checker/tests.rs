@@ -269,9 +269,55 @@ fn one_order_paid_during_a_long_tolerated_fault_is_not_progress() {
         ..EXPECT
     };
     // Ten offered a second, one paid a second: far below half the offered rate.
+    for second in &mut observed.timeline {
+        second.accepted = 10;
+    }
     let f = failures(&observed, &expect);
     assert!(
         f.iter().any(|l| l.contains("half the offered rate")),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn quiet_seconds_of_a_long_fault_after_the_load_ended_and_all_was_paid_are_no_stall() {
+    let mut observed = healthy();
+    observed.fault = Some(Window {
+        start_s: 0,
+        heal_s: 20,
+    });
+    // Everything offered was paid in the first ten seconds; the fault lasts ten more.
+    observed.timeline.extend(vec![Second::default(); 10]);
+    let expect = Expectations {
+        rate: 1.0,
+        ..EXPECT
+    };
+    let f = failures(&observed, &expect);
+    assert!(
+        !f.iter().any(|l| l.contains("half the offered rate")),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn orders_left_unpaid_after_the_load_ended_during_a_long_fault_are_a_stall() {
+    let mut observed = healthy();
+    observed.fault = Some(Window {
+        start_s: 0,
+        heal_s: 20,
+    });
+    // Ten accepted in the first second, none paid until the fault is over.
+    observed.timeline = vec![Second::default(); 30];
+    observed.timeline[0].accepted = 10;
+    observed.timeline[25].paid = 10;
+    let expect = Expectations {
+        rate: 10.0,
+        ..EXPECT
+    };
+    let f = failures(&observed, &expect);
+    assert!(
+        f.iter()
+            .any(|l| l.contains("0 orders paid from 0 s to 5 s")),
         "{f:?}"
     );
 }
