@@ -50,7 +50,7 @@ impl KafkaCluster {
             let mut attempt = 1;
             loop {
                 match Self::start_on_testkit().await {
-                    Err(error @ Error::NotReady { .. }) if attempt < STARTS => {
+                    Err(error) if attempt < STARTS && error.is_worth_a_fresh_start() => {
                         eprintln!("testkit: {error}; starting the cluster afresh");
                         attempt += 1;
                     }

@@ -8,7 +8,7 @@
 //! Containers that outlive a `kill -9` of the test binary are removed by `just clean`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -133,15 +133,35 @@ pub fn bind_loopback<I: Image>(
     })
 }
 
-/// A free TCP port on 127.0.0.1, for a listener whose address must be known before the
-/// container starts (Kafka advertises it to clients).
+/// A free TCP port on 127.0.0.1 below the kernel's ephemeral range, for a listener whose
+/// address must be known before the container starts (Kafka advertises it to clients) or
+/// must stay the same across restarts.
 pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::Unsupported(format!("cannot find a free port: {e}")))?;
-    Ok(listener
-        .local_addr()
-        .map_err(|e| Error::Unsupported(format!("cannot find a free port: {e}")))?
-        .port())
+    // The kernel hands out ports from its ephemeral range (32768-60999 on Linux) for every
+    // outgoing connection and every "any port" bind, the engine's own port mappings
+    // included; a port found free there can be taken by someone else before the container
+    // binds it. Ports below that range are handed out only by this allocator: each once
+    // per process, from a place that differs between processes, and each checked free.
+    const FIRST: u16 = 30_100;
+    const LAST: u16 = 32_700;
+    static NEXT: LazyLock<AtomicU32> = LazyLock::new(|| {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+            ^ std::process::id().wrapping_mul(2_654_435_761);
+        AtomicU32::new(seed)
+    });
+    let span = u32::from(LAST - FIRST);
+    for _ in 0..span {
+        let port = FIRST + (NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(Error::Unsupported(format!(
+        "cannot find a free port between {FIRST} and {LAST}"
+    )))
 }
 
 /// Sends `signal` (for example `SIGKILL`) to a container.

@@ -60,6 +60,18 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// Whether starting the same thing afresh, on new ports, may well succeed: it did not
+    /// get ready in time, or its host port was taken between choosing and binding it.
+    pub(crate) fn is_worth_a_fresh_start(&self) -> bool {
+        match self {
+            Error::NotReady { .. } => true,
+            Error::Start { source, .. } => source.to_string().contains("address already in use"),
+            _ => false,
+        }
+    }
+}
+
 impl std::fmt::Debug for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{self}")?;
