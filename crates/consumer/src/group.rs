@@ -116,7 +116,11 @@ impl Group {
     /// A consumer in `config.group_id`, subscribed to `config.topics`, that commits only
     /// the offsets the runner stores.
     pub fn join(config: &ConsumerConfig, stop: CancellationToken) -> Result<Self, ConsumerError> {
-        let consumer: GroupConsumer = kafka::client_config(&config.bootstrap)
+        let mut client = kafka::client_config(&config.bootstrap);
+        if let Some(id) = &config.instance_id {
+            client.set("group.instance.id", id);
+        }
+        let consumer: GroupConsumer = client
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "true")
             .set(
@@ -132,8 +136,8 @@ impl Group {
             .set(
                 "session.timeout.ms",
                 config
-                    .max_poll_interval
-                    .min(Duration::from_secs(10))
+                    .session_timeout
+                    .min(config.max_poll_interval)
                     .as_millis()
                     .to_string(),
             )
