@@ -182,6 +182,10 @@ impl Dice {
 pub struct FaultNotes {
     /// What was done, for the report.
     pub actions: Vec<String>,
+    /// When the first action was done: the fault's start. Finding a victim can take
+    /// seconds (the active controller is asked of the quorum by a command-line tool), and
+    /// the grace period counts from the fault, not from the search.
+    pub struck: Option<Instant>,
     /// What showed the fault took effect.
     pub proofs: Vec<String>,
     /// What should have shown it and did not: the drill fails, the fault unproven.
@@ -195,6 +199,12 @@ pub struct FaultNotes {
 }
 
 impl FaultNotes {
+    /// Records what was done; the first call marks the fault's start.
+    fn did(&mut self, action: impl Into<String>) {
+        self.struck.get_or_insert_with(Instant::now);
+        self.actions.push(action.into());
+    }
+
     fn proved(&mut self, proof: impl Into<String>) {
         self.proofs.push(proof.into());
     }
@@ -369,16 +379,14 @@ async fn kill_a_leader(
     let topic = p.topics.order_created.clone();
     let (partition, victim) = led_partition(p, &topic, dice).await?;
     p.cluster.broker(victim).kill().await?;
-    notes.actions.push(format!(
+    notes.did(format!(
         "{label}SIGKILL broker {victim} (leader of {topic}/{partition})"
     ));
     let killed = Instant::now();
     leadership_moved(p, &topic, partition, victim, notes).await;
     tokio::time::sleep(down.saturating_sub(killed.elapsed())).await;
     p.cluster.broker(victim).start().await?;
-    notes
-        .actions
-        .push(format!("{label}restarted broker {victim}"));
+    notes.did(format!("{label}restarted broker {victim}"));
     Ok(())
 }
 
@@ -424,7 +432,7 @@ async fn leader_kill_loop(
 async fn controller_kill(p: &mut Platform, notes: &mut FaultNotes) -> anyhow::Result<()> {
     let controller = p.cluster.active_controller().await?;
     p.cluster.broker(controller).kill().await?;
-    notes.actions.push(format!(
+    notes.did(format!(
         "SIGKILL the active controller, broker {controller}"
     ));
     let killed = Instant::now();
@@ -443,7 +451,7 @@ async fn controller_kill(p: &mut Platform, notes: &mut FaultNotes) -> anyhow::Re
     }
     tokio::time::sleep(secs(15).saturating_sub(killed.elapsed())).await;
     p.cluster.broker(controller).start().await?;
-    notes.actions.push(format!("restarted broker {controller}"));
+    notes.did(format!("restarted broker {controller}"));
     Ok(())
 }
 
@@ -456,7 +464,7 @@ async fn broker_pause(
     let (partition, victim) = led_partition(p, &topic, dice).await?;
     let before = p.cluster.client().end_offsets(&topic).await?;
     p.cluster.broker(victim).pause().await?;
-    notes.actions.push(format!(
+    notes.did(format!(
         "paused broker {victim} (leader of {topic}/{partition})"
     ));
     tokio::time::sleep(secs(20)).await;
@@ -467,7 +475,7 @@ async fn broker_pause(
         .await
         .unwrap_or_default();
     p.cluster.broker(victim).unpause().await?;
-    notes.actions.push(format!("resumed broker {victim}"));
+    notes.did(format!("resumed broker {victim}"));
     let carried = |m: &std::collections::BTreeMap<i32, (i64, i64)>| {
         m.get(&(partition as i32)).map_or(0, |(_, h)| *h)
     };
@@ -494,7 +502,7 @@ async fn minority_left(
     for victim in &victims {
         p.cluster.broker(*victim).kill().await?;
     }
-    notes.actions.push(format!(
+    notes.did(format!(
         "SIGKILL brokers {victims:?}; broker {survivor} left alone"
     ));
     // Leaders move or vanish in the first seconds; from then on, Kafka may acknowledge
@@ -514,7 +522,7 @@ async fn minority_left(
     for victim in &victims {
         p.cluster.broker(*victim).start().await?;
     }
-    notes.actions.push(format!("restarted brokers {victims:?}"));
+    notes.did(format!("restarted brokers {victims:?}"));
     Ok(())
 }
 
@@ -522,7 +530,7 @@ async fn kafka_down(p: &mut Platform, notes: &mut FaultNotes) -> anyhow::Result<
     for broker in 1..=3 {
         p.cluster.broker(broker).kill().await?;
     }
-    notes.actions.push("SIGKILL all three brokers".into());
+    notes.did("SIGKILL all three brokers");
     let killed = Instant::now();
     let url = p.order_urls()[0].clone();
     if saw_failing(&url, "kafka", secs(20)).await {
@@ -537,13 +545,13 @@ async fn kafka_down(p: &mut Platform, notes: &mut FaultNotes) -> anyhow::Result<
     for restarted in futures::future::join_all(restarts).await {
         restarted?;
     }
-    notes.actions.push("restarted all three brokers".into());
+    notes.did("restarted all three brokers");
     Ok(())
 }
 
 async fn postgres_kill(p: &mut Platform, notes: &mut FaultNotes) -> anyhow::Result<()> {
     p.postgres.kill().await?;
-    notes.actions.push("SIGKILL PostgreSQL".into());
+    notes.did("SIGKILL PostgreSQL");
     let killed = Instant::now();
     let url = p.order_urls()[0].clone();
     if saw_failing(&url, "database", secs(5)).await {
@@ -553,9 +561,7 @@ async fn postgres_kill(p: &mut Platform, notes: &mut FaultNotes) -> anyhow::Resu
     }
     tokio::time::sleep(secs(5).saturating_sub(killed.elapsed())).await;
     p.postgres.start().await?;
-    notes
-        .actions
-        .push("restarted PostgreSQL (crash recovery from its WAL)".into());
+    notes.did("restarted PostgreSQL (crash recovery from its WAL)");
     Ok(())
 }
 
@@ -578,7 +584,7 @@ async fn payment_kill(
         let label = p.service(Kind::Payment, victim).label();
         p.service(Kind::Payment, victim).kill();
         in_flight_at_kills += usize::from(charging);
-        notes.actions.push(format!(
+        notes.did(format!(
             "round {round}: SIGKILL {label}{}",
             if charging {
                 " with charges in flight"
@@ -629,7 +635,7 @@ async fn order_kill(p: &mut Platform, notes: &mut FaultNotes) -> anyhow::Result<
     }
     let down = chrono::Utc::now().timestamp_millis();
     p.service(Kind::Order, 0).kill();
-    notes.actions.push("SIGKILL order-service#0".into());
+    notes.did("SIGKILL order-service#0");
     if waiting > 0 {
         notes.proved(format!(
             "{waiting} outbox rows were waiting to be published at the kill"
@@ -643,7 +649,7 @@ async fn order_kill(p: &mut Platform, notes: &mut FaultNotes) -> anyhow::Result<
     notes
         .orders_down
         .push((down, chrono::Utc::now().timestamp_millis()));
-    notes.actions.push("restarted order-service#0".into());
+    notes.did("restarted order-service#0");
     Ok(())
 }
 
@@ -652,7 +658,7 @@ async fn order_pause(p: &mut Platform, notes: &mut FaultNotes) -> anyhow::Result
     let slots = metric(&url, "outbox_relay_slots").await;
     let down = chrono::Utc::now().timestamp_millis();
     p.service(Kind::Order, 0).freeze(true);
-    notes.actions.push(format!(
+    notes.did(format!(
         "SIGSTOP order-service#0 (its relay held {slots} slots)"
     ));
     if slots > 0.0 {
@@ -667,7 +673,7 @@ async fn order_pause(p: &mut Platform, notes: &mut FaultNotes) -> anyhow::Result
     notes
         .orders_down
         .push((down, chrono::Utc::now().timestamp_millis()));
-    notes.actions.push("SIGCONT order-service#0".into());
+    notes.did("SIGCONT order-service#0");
     Ok(())
 }
 
@@ -676,7 +682,7 @@ async fn rebalance(p: &mut Platform, notes: &mut FaultNotes) -> anyhow::Result<(
     let bootstrap = p.cluster.bootstrap().to_owned();
     let first = p.add(Kind::Payment, &prefix, &bootstrap)?;
     let second = p.add(Kind::Payment, &prefix, &bootstrap)?;
-    notes.actions.push("payment-service scaled 1 → 3".into());
+    notes.did("payment-service scaled 1 → 3");
     match p.wait_ready(secs(60)).await {
         Ok(()) => notes.proved("the two new payment-service instances became ready"),
         Err(e) => notes.not_proved(format!("the new instances did not become ready: {e:#}")),
@@ -706,9 +712,7 @@ async fn rebalance(p: &mut Platform, notes: &mut FaultNotes) -> anyhow::Result<(
             None => notes.not_proved(format!("{label} did not stop within 25 s of SIGTERM")),
         }
     }
-    notes
-        .actions
-        .push("payment-service scaled 3 → 1 (SIGTERM)".into());
+    notes.did("payment-service scaled 3 → 1 (SIGTERM)");
     tokio::time::sleep(secs(5)).await;
     Ok(())
 }
@@ -722,7 +726,7 @@ async fn partition(
     let (partition, victim) = led_partition(p, &topic, dice).await?;
     let pid = p.cluster.broker(victim).pid().await?;
     let cut = Cut::new(pid)?;
-    notes.actions.push(format!(
+    notes.did(format!(
         "cut broker {victim} (leader of {topic}/{partition}) off from everyone: rules in its network namespace"
     ));
     let cut_at = Instant::now();
@@ -752,22 +756,20 @@ async fn partition(
     }
     tokio::time::sleep(secs(20).saturating_sub(cut_at.elapsed())).await;
     drop(cut);
-    notes.actions.push(format!("reconnected broker {victim}"));
+    notes.did(format!("reconnected broker {victim}"));
     Ok(())
 }
 
 async fn gateway(p: &mut Platform, fault: GatewayFault, length: Duration, notes: &mut FaultNotes) {
     let before = p.gateway.requests().len();
     p.gateway.set_fault(fault);
-    notes
-        .actions
-        .push(format!("the gateway: {fault:?} for {length:?}"));
+    notes.did(format!("the gateway: {fault:?} for {length:?}"));
     let url = p.payment_urls()[0].clone();
     let started = Instant::now();
     let open = saw_failing(&url, "payment_gateway", length).await;
     tokio::time::sleep(length.saturating_sub(started.elapsed())).await;
     p.gateway.set_fault(GatewayFault::None);
-    notes.actions.push("the gateway answers again".into());
+    notes.did("the gateway answers again");
     let requests = p.gateway.requests();
     let during = &requests[before.min(requests.len())..];
     match fault {

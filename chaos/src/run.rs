@@ -98,11 +98,14 @@ pub async fn run(drill: &'static Drill, options: &Options, dir: &Path) -> anyhow
 
     tokio::time::sleep(options.fault_at).await;
     set(&phase, &format!("FAULT: {}", drill.about));
-    let start_s = load_started.elapsed().as_secs();
+    let asked_s = load_started.elapsed().as_secs();
     let notes = drill
         .inject(&mut platform, &mut dice)
         .await
         .context("injecting the fault")?;
+    let start_s = notes
+        .struck
+        .map_or(asked_s, |at| at.duration_since(load_started).as_secs());
     let heal_s = load_started.elapsed().as_secs();
     for action in &notes.actions {
         say(drill, action);

@@ -323,6 +323,32 @@ fn orders_left_unpaid_after_the_load_ended_during_a_long_fault_are_a_stall() {
 }
 
 #[test]
+fn a_stall_that_begins_at_the_heal_of_a_tolerated_fault_while_load_goes_on_is_caught() {
+    let mut observed = healthy();
+    observed.fault = Some(Window {
+        start_s: 0,
+        heal_s: 5,
+    });
+    // Ten offered and paid a second, except for five seconds right after the heal: the
+    // fault's own windows are fine, the stall lies after them.
+    observed.timeline = vec![Second::default(); 20];
+    for (s, second) in observed.timeline.iter_mut().enumerate() {
+        second.accepted = 10;
+        second.paid = if (5..10).contains(&s) { 0 } else { 10 };
+    }
+    let expect = Expectations {
+        rate: 10.0,
+        ..EXPECT
+    };
+    let f = failures(&observed, &expect);
+    assert!(
+        f.iter()
+            .any(|l| l.contains("0 orders paid from 5 s to 10 s")),
+        "{f:?}"
+    );
+}
+
+#[test]
 fn a_key_reused_with_another_body_is_caught() {
     let mut observed = healthy();
     let key = observed.orders[6].id;
