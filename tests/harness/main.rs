@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod consumer_group;
 mod dead_letters;
 mod gateway_double;
 mod http_bounds;
