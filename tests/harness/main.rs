@@ -4,7 +4,6 @@
 
 mod helpers;
 
-mod consumer_group;
 mod dead_letters;
 mod gateway_double;
 mod http_bounds;
