@@ -247,12 +247,6 @@ impl Platform {
             ("TOPIC_PREFIX".to_owned(), prefix.to_owned()),
             ("TOPIC_PARTITIONS".to_owned(), "6".to_owned()),
             ("RUST_LOG".to_owned(), "info,sqlx=warn".to_owned()),
-            // Restarted in place, as a StatefulSet or a systemd unit restarts it: the
-            // same static member, which takes its partitions back at once.
-            (
-                "CONSUMER_INSTANCE_ID".to_owned(),
-                format!("{}-{index}", kind.name()),
-            ),
         ];
         match kind {
             Kind::Order => env.extend([

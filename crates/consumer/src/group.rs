@@ -28,8 +28,6 @@ const STATISTICS_INTERVAL_MS: &str = "5000";
 
 /// Bound on the final commit and close: a broker that is gone must not hang shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bound on a static member's leaving the group at shutdown.
-const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The rdkafka context of a group consumer: counts the partitions the group takes away
 /// ([`crate::Stats::revocations`]) and remembers which, counts the errors librdkafka
@@ -112,8 +110,6 @@ pub(crate) struct Group {
     stream_errors: u64,
     /// Cancelled to stop: ends a wait at once.
     stop: CancellationToken,
-    /// A static member (`group.instance.id` set): it must leave the group itself.
-    is_static: bool,
 }
 
 impl Group {
@@ -165,7 +161,6 @@ impl Group {
             paused: false,
             stream_errors: 0,
             stop,
-            is_static: config.instance_id.is_some(),
         })
     }
 
@@ -338,20 +333,11 @@ impl Group {
     /// Commits what was stored and closes the consumer, bounded: librdkafka's commit and
     /// close block without a limit when no broker answers, so they run on a thread of
     /// their own, which is left behind if it takes too long.
-    ///
-    /// A static member leaves the group first, so its partitions go to the others at once
-    /// rather than after the session timeout.
-    pub async fn close(mut self) {
-        let left = self.is_static && self.leave().await;
+    pub async fn close(self) {
         let (done, finished) = tokio::sync::oneshot::channel();
         let consumer = self.consumer.take();
         std::thread::spawn(move || {
-            // Leaving gave every partition back, which committed what was stored.
-            let committed = if left {
-                Ok(())
-            } else {
-                consumer.commit_consumer_state(CommitMode::Sync)
-            };
+            let committed = consumer.commit_consumer_state(CommitMode::Sync);
             let _ = done.send(committed);
             drop(consumer);
         });
@@ -363,59 +349,6 @@ impl Group {
                 tracing::warn!(timeout = ?CLOSE_TIMEOUT, "final offset commit did not finish in time")
             }
         }
-    }
-}
-
-impl Group {
-    /// Leaves the group: librdkafka sends no LeaveGroup for a static member that closes
-    /// (KIP-345: a restart in place keeps its partitions), only for one that unsubscribes.
-    /// Unsubscribing gives every partition back, which commits what was stored (auto
-    /// commit is on); the stream is polled meanwhile so the revocation is served. Messages
-    /// it still yields are dropped: they are not stored, so the next owner gets them.
-    /// `true` once nothing is assigned, within [`LEAVE_TIMEOUT`].
-    async fn leave(&mut self) -> bool {
-        let consumer = &*self.consumer;
-        consumer.unsubscribe();
-        let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
-        let mut stream = consumer.stream();
-        loop {
-            // librdkafka forgets the member id as it sends the LeaveGroup; an empty
-            // assignment alone comes earlier (its offsets are committed first), and a close
-            // before the LeaveGroup is sent sends none.
-            let assigned = consumer.assignment().map_or(0, |a| a.count());
-            if assigned == 0 && member_id(consumer).is_empty() {
-                tracing::info!("left the consumer group (static member)");
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    assigned,
-                    timeout = ?LEAVE_TIMEOUT,
-                    "could not leave the consumer group in time; its partitions wait for the session timeout"
-                );
-                return false;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(100), stream.next()).await;
-        }
-    }
-}
-
-/// The member id the group coordinator gave `consumer`; empty before it joined and once
-/// it has left.
-#[allow(unsafe_code)]
-fn member_id(consumer: &GroupConsumer) -> String {
-    let client = consumer.client().native_ptr();
-    // SAFETY: `client` is a live handle for as long as `consumer` is borrowed;
-    // `rd_kafka_memberid` returns null or a string this caller owns, which is copied and
-    // then freed once with `rd_kafka_mem_free`, as librdkafka's documentation asks.
-    unsafe {
-        let id = rdkafka::bindings::rd_kafka_memberid(client);
-        if id.is_null() {
-            return String::new();
-        }
-        let owned = std::ffi::CStr::from_ptr(id).to_string_lossy().into_owned();
-        rdkafka::bindings::rd_kafka_mem_free(client, id.cast());
-        owned
     }
 }
 
