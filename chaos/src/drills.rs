@@ -124,6 +124,12 @@ const GATEWAY_AUTH: Drill = lasting(
     30,
 );
 
+/// A killed consumer's partitions wait out its session (`CONSUMER_SESSION_TIMEOUT_MS`,
+/// 20 s) before the group hands them on, and three kills about 8 s apart chain: a
+/// restarted instance's join waits for the members killed before it. Counted from the
+/// first kill.
+const PAYMENT_KILL_GRACE: u64 = 35;
+
 /// Every drill, in the order `just chaos` runs them.
 pub const DRILLS: &[Drill] = &[
     tolerated(drill("broker-kill", "SIGKILL the leader of an order.created partition; restart it 15 s later", Fault::BrokerKill), 15, 12),
@@ -133,7 +139,7 @@ pub const DRILLS: &[Drill] = &[
     drill("minority-left", "two of three brokers down for 20 s: orders still accepted, nothing published, then everything drains", Fault::MinorityLeft),
     drill("kafka-down", "all three brokers SIGKILLed for 20 s, then restarted", Fault::KafkaDown),
     lasting(drill("postgres-kill", "SIGKILL PostgreSQL mid-flow and restart it", Fault::PostgresKill), 5),
-    instances(tolerated(drill("payment-kill", "SIGKILL a payment-service instance three times with charges in flight, restarting it each time", Fault::PaymentKill), 30, 30), 1, 2),
+    instances(tolerated(drill("payment-kill", "SIGKILL a payment-service instance three times with charges in flight, restarting it each time", Fault::PaymentKill), 30, PAYMENT_KILL_GRACE), 1, 2),
     lasting(drill("order-kill", "SIGKILL order-service while its outbox has rows to publish; restart it", Fault::OrderKill), 5),
     instances(tolerated(drill("order-pause", "SIGSTOP one of two order-service instances (its relay publishing) for 30 s; the other takes its slots", Fault::OrderPause), 30, 20), 2, 1),
     tolerated(drill("rebalance", "payment-service scaled 1 → 3 → 1 instances mid-flow", Fault::Rebalance), 30, 10),

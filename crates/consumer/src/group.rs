@@ -116,11 +116,7 @@ impl Group {
     /// A consumer in `config.group_id`, subscribed to `config.topics`, that commits only
     /// the offsets the runner stores.
     pub fn join(config: &ConsumerConfig, stop: CancellationToken) -> Result<Self, ConsumerError> {
-        let mut client = kafka::client_config(&config.bootstrap);
-        if let Some(id) = &config.instance_id {
-            client.set("group.instance.id", id);
-        }
-        let consumer: GroupConsumer = client
+        let consumer: GroupConsumer = kafka::client_config(&config.bootstrap)
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "true")
             .set(

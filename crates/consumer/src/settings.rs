@@ -33,10 +33,6 @@ pub struct ConsumerConfig {
     /// (a killed broker is fenced, and its groups move, about 10 to 15 s later); at most
     /// `max_poll_interval`.
     pub session_timeout: Duration,
-    /// A static member id (`group.instance.id`): an instance restarted with the same id
-    /// takes its partitions back at once, without a rebalance. Unique per instance; a
-    /// static member stopped for good keeps its partitions until `session_timeout`.
-    pub instance_id: Option<String>,
 }
 
 impl ConsumerConfig {
@@ -51,8 +47,7 @@ impl ConsumerConfig {
             retry: RetryPolicy::default(),
             commit_interval: Duration::from_secs(1),
             max_poll_interval: Duration::from_secs(300),
-            session_timeout: Duration::from_secs(30),
-            instance_id: None,
+            session_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -103,19 +98,11 @@ pub struct ConsumerSettings {
     /// partitions to others, in milliseconds; also how long a consumer keeps its
     /// partitions while the group coordinator cannot be reached. Above the time Kafka
     /// takes to move a killed broker's groups (10 to 15 s), so losing the coordinator
-    /// stops no one; at most CONSUMER_MAX_POLL_INTERVAL_MS.
-    #[arg(long, env = "CONSUMER_SESSION_TIMEOUT_MS", default_value_t = 30_000,
+    /// stops no one; a consumer that dies keeps its partitions this long. At most
+    /// CONSUMER_MAX_POLL_INTERVAL_MS.
+    #[arg(long, env = "CONSUMER_SESSION_TIMEOUT_MS", default_value_t = 20_000,
           value_parser = clap::value_parser!(u64).range(6_000..=1_800_000))]
     pub session_timeout_ms: u64,
-
-    /// A stable id for this instance in its consumer group (Kafka's static membership,
-    /// `group.instance.id`), unique per instance, such as a StatefulSet pod's name. An
-    /// instance restarted with the same id takes its partitions back at once, without a
-    /// rebalance; one stopped for good keeps them until CONSUMER_SESSION_TIMEOUT_MS has
-    /// passed. Unset (the default): each start joins as a new member, and a clean
-    /// shutdown hands its partitions over at once.
-    #[arg(long, env = "CONSUMER_INSTANCE_ID")]
-    pub instance_id: Option<String>,
 
     /// The dead-letter guard looks at the last this many messages.
     #[arg(long, env = "CONSUMER_DLT_WINDOW", default_value_t = 100,
@@ -159,7 +146,6 @@ impl ConsumerSettings {
         config.commit_interval = Duration::from_millis(self.commit_interval_ms);
         config.max_poll_interval = Duration::from_millis(self.max_poll_interval_ms);
         config.session_timeout = Duration::from_millis(self.session_timeout_ms);
-        config.instance_id = self.instance_id.clone().filter(|id| !id.trim().is_empty());
         config.retry = RetryPolicy {
             first_delay: Duration::from_millis(self.retry_delay_ms),
             max_delay: Duration::from_millis(self.max_retry_delay_ms),
