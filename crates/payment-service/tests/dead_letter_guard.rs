@@ -84,12 +84,21 @@ async fn a_service_fed_only_poison_halts_its_consumer_says_why_and_exits_non_zer
             .await
             .expect("GET");
         assert_eq!(payments.status(), 200, "HTTP is still served");
-        let ready = http
-            .get(format!("{base}/health/ready"))
-            .send()
-            .await
-            .expect("GET ready");
-        assert_eq!(ready.status(), 503);
+        // The halt is logged as the consumer stops; readiness says so once it has closed
+        // (its final commit and leave are bounded to 10 s).
+        let asked = Instant::now();
+        let ready = loop {
+            let ready = http
+                .get(format!("{base}/health/ready"))
+                .send()
+                .await
+                .expect("GET ready");
+            if ready.status() == 503 || asked.elapsed() > Duration::from_secs(30) {
+                break ready;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(ready.status(), 503, "not ready within 30 s of the halt");
         let body = ready.text().await.expect("body");
         assert!(body.contains("dead-letter guard"), "{body}");
 
