@@ -10,7 +10,9 @@
 # The images are small Debian runtimes that run as a non-root user, listen on 0.0.0.0
 # inside the container, take their configuration only from the environment variables
 # that `order-service --help` / `payment-service --help` list, and report their health
-# from GET /health/ready.
+# from GET /health/ready: ready means "send me traffic" (the database answers and the
+# service is not shutting down), which is what Docker's single health status gates.
+# Kafka, the consumer and the relay are reported in its body, not in the status.
 
 ARG RUST_IMAGE=rust:1.88-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
@@ -44,14 +46,14 @@ FROM runtime AS order-service
 COPY --from=binaries /out/order-service /usr/local/bin/order-service
 ENV ORDER_LISTEN=0.0.0.0:8080
 EXPOSE 8080
-HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=6 \
-    CMD curl -fsS --max-time 2 http://127.0.0.1:8080/health/ready >/dev/null || exit 1
+HEALTHCHECK --interval=5s --timeout=4s --start-period=10s --retries=6 \
+    CMD curl -fsS --max-time 3 http://127.0.0.1:8080/health/ready >/dev/null || exit 1
 ENTRYPOINT ["order-service"]
 
 FROM runtime AS payment-service
 COPY --from=binaries /out/payment-service /usr/local/bin/payment-service
 ENV PAYMENT_LISTEN=0.0.0.0:8081
 EXPOSE 8081
-HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=6 \
-    CMD curl -fsS --max-time 2 http://127.0.0.1:8081/health/ready >/dev/null || exit 1
+HEALTHCHECK --interval=5s --timeout=4s --start-period=10s --retries=6 \
+    CMD curl -fsS --max-time 3 http://127.0.0.1:8081/health/ready >/dev/null || exit 1
 ENTRYPOINT ["payment-service"]

@@ -249,12 +249,16 @@ impl Platform {
             ("RUST_LOG".to_owned(), "info,sqlx=warn".to_owned()),
         ];
         match kind {
+            // No drain: the drills post to each instance directly, no load balancer to
+            // take it out of rotation.
             Kind::Order => env.extend([
                 ("ORDER_LISTEN".to_owned(), format!("127.0.0.1:{port}")),
+                ("ORDER_SHUTDOWN_DRAIN_SECS".to_owned(), "0".to_owned()),
                 ("ORDER_DATABASE_URL".to_owned(), self.orders_db.url.clone()),
             ]),
             Kind::Payment => env.extend([
                 ("PAYMENT_LISTEN".to_owned(), format!("127.0.0.1:{port}")),
+                ("PAYMENT_SHUTDOWN_DRAIN_SECS".to_owned(), "0".to_owned()),
                 (
                     "PAYMENT_DATABASE_URL".to_owned(),
                     self.payments_db.url.clone(),

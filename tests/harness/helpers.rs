@@ -291,6 +291,33 @@ impl RunningService {
         }
     }
 
+    /// Waits until readiness reports the component `name` with `ok`; then returns the
+    /// readiness status code and the component (its `detail` says why).
+    pub async fn until_component(
+        &self,
+        name: &str,
+        ok: bool,
+        limit: Duration,
+    ) -> (u16, serde_json::Value) {
+        let started = std::time::Instant::now();
+        loop {
+            let (status, body) = self.readiness().await;
+            let component = body["components"]
+                .as_array()
+                .and_then(|all| all.iter().find(|c| c["name"] == name))
+                .cloned()
+                .unwrap_or_default();
+            if component["ok"] == ok {
+                return (status, component);
+            }
+            assert!(
+                started.elapsed() < limit,
+                "readiness never reported {name} with ok = {ok} within {limit:?}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Rows in `orders` and in `outbox`: what a request left behind.
     pub async fn row_counts(&self) -> (i64, i64) {
         (self.count("orders").await, self.count("outbox").await)

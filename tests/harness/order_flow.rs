@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     eventually, order_created_records, order_service, payment_service, payment_service_on,
-    topic_prefix, until_committed, within, RunningService, MINUTES_5,
+    topic_prefix, until_committed, within, RunningService, MINUTES_5, SECONDS_30,
 };
 
 async fn paid_orders(orders: &RunningService) -> i64 {
@@ -185,6 +185,10 @@ async fn orders_posted_while_kafka_is_down_are_accepted_and_paid_once_it_returns
         let mut payments = payment_service(broker.bootstrap(), &prefix).await;
 
         broker.stop().await.expect("stop the broker");
+        // Kafka is reported down, and the instance stays ready: the outbox keeps
+        // POST /orders working, so a load balancer must not take it out of rotation.
+        let (status, kafka) = orders.until_component("kafka", false, SECONDS_30).await;
+        assert_eq!(status, 200, "ready while Kafka is down: {kafka}");
         post_orders(&orders, 20).await;
         assert_eq!(paid_orders(&orders).await, 0);
 

@@ -1,9 +1,13 @@
-//! Health: `GET /health/live` (the process serves) and `GET /health/ready` (it can do
-//! its work). Ready only when PostgreSQL answers, Kafka metadata can be fetched, the
-//! consumer is running (not halted) and the relay is not stuck (the oldest unpublished
-//! outbox row is younger than a bound). Not ready is `503` with a JSON body naming each
-//! failing check and why. Each check is bounded, so polling every second is cheap.
+//! Health: `GET /health/live` (the process serves) and `GET /health/ready` (send me
+//! traffic). Readiness is decided only by what this instance needs to serve its API: its
+//! database answers and it is not shutting down. Kafka, the consumer, the relay and any
+//! component a service adds (the payment gateway's breaker) are reported by name in the
+//! body and in `/metrics` (`health_component_ok`) without deciding it: with Kafka down
+//! the outbox keeps `POST /orders` working, and a consumer halted by poison must not take
+//! the API out of a load balancer's rotation. Not ready is `503` with the same body. Each
+//! check is bounded and they run at once, so one probe takes at most [`CHECK_TIMEOUT`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +21,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 /// Bound on each check.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A part of a service reported in the readiness body (`components`) without deciding
 /// readiness: the payment gateway's circuit breaker, say.
@@ -38,15 +42,18 @@ pub struct Health {
     /// The relay is stuck when the oldest unpublished row is older than this.
     relay_stuck_after: Duration,
     components: Arc<Vec<Component>>,
+    /// Set at the shutdown signal: readiness turns `503` while the service drains.
+    shutting_down: Arc<AtomicBool>,
 }
 
 /// The answer of `GET /health/ready`.
 #[derive(Debug, Serialize)]
 struct Readiness {
     status: &'static str,
-    /// Each check by name: `ok`, or why not.
+    /// What decides readiness, by name: `ok`, or why not.
     checks: Vec<Check>,
-    /// Reported, not deciding readiness.
+    /// Reported, not deciding readiness: `kafka`, `consumer`, `relay`, and the service's
+    /// own.
     components: Vec<Check>,
 }
 
@@ -65,6 +72,7 @@ impl Health {
             halted: Arc::default(),
             relay_stuck_after,
             components: Arc::default(),
+            shutting_down: Arc::default(),
         }
     }
 
@@ -77,6 +85,11 @@ impl Health {
     /// Marks the consumer halted, with the reason readiness reports.
     pub fn consumer_halted(&self, reason: String) {
         *self.halted.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+
+    /// From now on readiness answers `503`: the service is shutting down.
+    pub fn shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
     }
 
     /// The routes `/health/live` and `/health/ready`.
@@ -140,52 +153,78 @@ impl Health {
             )),
         }
     }
-}
 
-async fn ready(State(health): State<Health>) -> Response {
-    let (database, kafka, relay) = tokio::join!(health.database(), health.kafka(), health.relay());
-    let checks: Vec<Check> = [
-        ("database", database),
-        ("kafka", kafka),
-        ("consumer", health.consumer()),
-        ("relay", relay),
-    ]
-    .into_iter()
-    .map(|(name, result)| match result {
-        Ok(detail) => Check {
-            name,
-            ok: true,
-            detail,
-        },
-        Err(detail) => Check {
-            name,
-            ok: false,
-            detail,
-        },
-    })
-    .collect();
-    let ok = checks.iter().all(|c| c.ok);
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let components = health
-        .components
-        .iter()
-        .map(|c| {
+    fn serving(&self) -> Result<String, String> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            Err("shutting down".into())
+        } else {
+            Ok("serving".into())
+        }
+    }
+
+    /// Every check and component, each bounded, all at once.
+    async fn report(&self) -> Readiness {
+        let (database, kafka, relay) = tokio::join!(self.database(), self.kafka(), self.relay());
+        let checks = vec![
+            Check::new("database", database),
+            Check::new("serving", self.serving()),
+        ];
+        let mut components = vec![
+            Check::new("kafka", kafka),
+            Check::new("consumer", self.consumer()),
+            Check::new("relay", relay),
+        ];
+        components.extend(self.components.iter().map(|c| {
             let (ok, detail) = (c.report)();
             Check {
                 name: c.name,
                 ok,
                 detail,
             }
-        })
-        .collect();
-    let body = Readiness {
-        status: if ok { "ready" } else { "not ready" },
-        checks,
-        components,
+        }));
+        let ok = checks.iter().all(|c| c.ok);
+        Readiness {
+            status: if ok { "ready" } else { "not ready" },
+            checks,
+            components,
+        }
+    }
+
+    /// Records readiness and each component in the metrics of `service`:
+    /// `health_ready{service}` and `health_component_ok{service,component}`, 1 or 0.
+    pub(crate) async fn record(&self, service: &'static str) {
+        let report = self.report().await;
+        metrics::gauge!("health_ready", "service" => service)
+            .set(f64::from(u8::from(report.is_ready())));
+        for component in &report.components {
+            metrics::gauge!("health_component_ok", "service" => service, "component" => component.name)
+                .set(f64::from(u8::from(component.ok)));
+        }
+    }
+}
+
+impl Readiness {
+    fn is_ready(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+}
+
+impl Check {
+    fn new(name: &'static str, result: Result<String, String>) -> Self {
+        let (ok, detail) = match result {
+            Ok(detail) => (true, detail),
+            Err(detail) => (false, detail),
+        };
+        Self { name, ok, detail }
+    }
+}
+
+async fn ready(State(health): State<Health>) -> Response {
+    let report = health.report().await;
+    let status = if report.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body)).into_response()
+    (status, Json(report)).into_response()
 }

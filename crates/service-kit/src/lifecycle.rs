@@ -125,7 +125,10 @@ pub struct Application<H> {
     /// Readiness reports the relay stuck when the oldest unpublished event is older.
     pub relay_stuck_after: Duration,
     pub handler: H,
-    /// Bound on everything after the shutdown signal.
+    /// After the shutdown signal, how long readiness answers `503` while requests and
+    /// messages are still served, so that load balancers take the instance out first.
+    pub shutdown_drain: Duration,
+    /// Bound on everything after the drain.
     pub shutdown_timeout: Duration,
     /// Bounds on HTTP clients.
     pub http: HttpSettings,
@@ -158,6 +161,7 @@ impl<H: BatchHandler> Application<H> {
             retention: settings.retention.clone(),
             relay_stuck_after: settings.relay_stuck_after(),
             handler,
+            shutdown_drain: settings.shutdown_drain(),
             shutdown_timeout: settings.shutdown_timeout(),
             http: settings.http.clone(),
             components: Vec::new(),
@@ -170,7 +174,8 @@ impl<H: BatchHandler> Application<H> {
         self.resources.port()
     }
 
-    /// Serves until `shutdown` completes. Then it stops taking requests and messages,
+    /// Serves until `shutdown` completes. Then readiness turns `503` at once and the
+    /// service goes on serving for `shutdown_drain`; after that it stops taking requests and messages,
     /// finishes the batch in flight, commits consumer offsets and stops the relay, all
     /// within `shutdown_timeout`; closing the database pool after that is bounded too.
     ///
@@ -199,7 +204,12 @@ impl<H: BatchHandler> Application<H> {
             name,
             self.router
                 .merge(health.clone().router())
-                .merge(crate::metrics::router(name, pool.clone(), self.gauges)),
+                .merge(crate::metrics::router(
+                    name,
+                    pool.clone(),
+                    self.gauges,
+                    health.clone(),
+                )),
             &self.http,
         );
         let relay =
@@ -210,7 +220,7 @@ impl<H: BatchHandler> Application<H> {
         let consuming = tokio::spawn({
             let running =
                 consumer::run(self.consumer, self.handler, self.dead_letters, stop.clone());
-            remind_while_halted(name, running, health, stop.clone())
+            remind_while_halted(name, running, health.clone(), stop.clone())
         });
         let aborts = [
             notifier.abort_handle(),
@@ -219,12 +229,14 @@ impl<H: BatchHandler> Application<H> {
             cleanup.abort_handle(),
         ];
         let http = self.http.clone();
+        let draining = health.clone();
+        let drain = self.shutdown_drain;
         let serving = {
             let stop = stop.clone();
             async move {
                 crate::http::serve(listener, router, &http, async {
                     tokio::select! {
-                        () = shutdown => {}
+                        () = shutdown => drain_for(name, &draining, drain).await,
                         () = stop.cancelled() => {}
                     }
                     stop.cancel();
@@ -269,6 +281,20 @@ impl<H: BatchHandler> Application<H> {
             .context("the consumer had halted")?;
         tracing::info!(service = name, ?stats, "stopped");
         Ok(stats)
+    }
+}
+
+/// Readiness `503` from now on, and everything still served for `period`: a load
+/// balancer that follows readiness stops sending requests before the listener closes.
+async fn drain_for(service: &'static str, health: &Health, period: Duration) {
+    health.shutting_down();
+    if !period.is_zero() {
+        tracing::info!(
+            service,
+            drain = ?period,
+            "shutting down: readiness answers 503; still serving while load balancers take this instance out"
+        );
+        tokio::time::sleep(period).await;
     }
 }
 

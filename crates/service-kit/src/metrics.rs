@@ -10,7 +10,9 @@
 //!   lag per partition from librdkafka's own statistics;
 //! - the relay (the `outbox` crate): publish latency and rows published; at each scrape,
 //!   here, the backlog, the age of its oldest row and the parked rows;
-//! - the payment gateway (payment-service): calls by outcome, call latency.
+//! - the payment gateway (payment-service): calls by outcome, call latency;
+//! - health (at each scrape, [`crate::health`]): `health_ready{service}` and
+//!   `health_component_ok{service,component}`.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -64,11 +66,17 @@ struct Scrape {
     service: &'static str,
     pool: PgPool,
     gauges: Vec<AtScrape>,
+    health: crate::health::Health,
 }
 
-/// The route `GET /metrics` of service `service`, which also reports its outbox and
-/// records `gauges` at each scrape.
-pub fn router(service: &'static str, pool: PgPool, gauges: Vec<AtScrape>) -> Router {
+/// The route `GET /metrics` of service `service`, which also reports its outbox, its
+/// readiness and health components (`health`), and records `gauges` at each scrape.
+pub fn router(
+    service: &'static str,
+    pool: PgPool,
+    gauges: Vec<AtScrape>,
+    health: crate::health::Health,
+) -> Router {
     let _ = handle();
     Router::new()
         .route("/metrics", get(scrape))
@@ -76,11 +84,15 @@ pub fn router(service: &'static str, pool: PgPool, gauges: Vec<AtScrape>) -> Rou
             service,
             pool,
             gauges,
+            health,
         })
 }
 
 async fn scrape(State(scrape): State<Scrape>) -> Response {
-    record_outbox(scrape.service, &scrape.pool).await;
+    tokio::join!(
+        record_outbox(scrape.service, &scrape.pool),
+        scrape.health.record(scrape.service)
+    );
     for gauge in &scrape.gauges {
         if tokio::time::timeout(OUTBOX_QUERY_TIMEOUT, gauge(scrape.pool.clone()))
             .await

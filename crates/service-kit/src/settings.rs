@@ -44,7 +44,15 @@ pub struct ServiceSettings {
     #[arg(long, default_value_t = 60)]
     pub relay_stuck_after_secs: u64,
 
-    /// How long shutdown may take before in-flight work is abandoned, in seconds.
+    /// On SIGTERM or Ctrl-C, how long readiness answers 503 while requests and messages are
+    /// still served, before stopping, in seconds: a load balancer that follows readiness
+    /// takes the instance out first. Set it above the balancer's probe period × failure
+    /// threshold.
+    #[arg(long, default_value_t = 5)]
+    pub shutdown_drain_secs: u64,
+
+    /// How long shutdown may take, after the drain, before in-flight work is abandoned,
+    /// in seconds.
     #[arg(long, default_value_t = 20)]
     pub shutdown_timeout_secs: u64,
 
@@ -74,13 +82,14 @@ pub struct Naming {
 }
 
 /// The shared settings whose environment variables carry the service's prefix.
-const PREFIXED: [&str; 7] = [
+const PREFIXED: [&str; 8] = [
     "listen",
     "database_url",
     "consumer_group",
     "db_pool",
     "db_acquire_timeout_secs",
     "relay_stuck_after_secs",
+    "shutdown_drain_secs",
     "shutdown_timeout_secs",
 ];
 
@@ -192,6 +201,10 @@ impl ServiceSettings {
         Duration::from_secs(self.relay_stuck_after_secs)
     }
 
+    pub fn shutdown_drain(&self) -> Duration {
+        Duration::from_secs(self.shutdown_drain_secs)
+    }
+
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
     }
@@ -231,6 +244,7 @@ mod tests {
             "SOME_LISTEN",
             "SOME_DATABASE_URL",
             "SOME_SHUTDOWN_TIMEOUT_SECS",
+            "SOME_SHUTDOWN_DRAIN_SECS",
             "KAFKA_BOOTSTRAP",
         ] {
             assert!(help.contains(variable), "{variable} in --help");

@@ -1,0 +1,164 @@
+//! Shutting down behind a load balancer: on SIGTERM, an order-service process answers
+//! readiness `503` at once and goes on serving for its drain period
+//! (`ORDER_SHUTDOWN_DRAIN_SECS`), so the balancer takes it out of rotation before its
+//! listener closes; then it stops cleanly. Orders taken during the drain are stored and
+//! their events published.
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use events::Topics;
+use serde_json::Value;
+use testkit::{kafka, postgres, unique_name};
+
+const DRAIN: Duration = Duration::from_secs(6);
+
+#[tokio::test]
+async fn on_sigterm_readiness_turns_503_at_once_requests_are_served_through_the_drain_then_it_exits_cleanly(
+) {
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let broker = kafka::broker().await.expect("kafka");
+        let prefix = format!("{}.", unique_name("drain"));
+        let db = postgres::server()
+            .await
+            .expect("postgres")
+            .fresh_database()
+            .await
+            .expect("db");
+        let port = testkit::engine::free_port().expect("a free port");
+        let log = std::env::temp_dir().join(format!("{}.log", unique_name("order-service")));
+        let mut service = Command::new(env!("CARGO_BIN_EXE_order-service"))
+            .env("ORDER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("ORDER_DATABASE_URL", &db.url)
+            .env("ORDER_CONSUMER_GROUP", format!("{prefix}order-service"))
+            .env("ORDER_SHUTDOWN_DRAIN_SECS", DRAIN.as_secs().to_string())
+            .env("KAFKA_BOOTSTRAP", broker.bootstrap())
+            .env("TOPIC_PREFIX", &prefix)
+            .env("RUST_LOG", "info,sqlx=warn,librdkafka=warn,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start order-service");
+        let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client");
+        let base = format!("http://127.0.0.1:{port}");
+
+        let started = Instant::now();
+        while readiness(&http, &base).await.map(|(status, _)| status) != Some(200) {
+            if let Some(status) = service.try_wait().expect("wait") {
+                panic!(
+                    "order-service exited ({status}) before it was ready\n{}",
+                    read_log()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "not ready within 60 s\n{}",
+                read_log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut taken = BTreeSet::from([post_order(&http, &base).await]);
+
+        signal_term(&service);
+        let signalled = Instant::now();
+        // At once: readiness 503, saying why, while orders are still taken.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, body) = readiness(&http, &base).await.expect("readiness answers");
+        assert_eq!(status, 503, "not ready as soon as SIGTERM arrives: {body}");
+        assert!(body.to_string().contains("shutting down"), "{body}");
+        let first_answer = signalled.elapsed();
+        assert!(first_answer < Duration::from_secs(3), "took {first_answer:?}");
+        while signalled.elapsed() < DRAIN - Duration::from_secs(2) {
+            let (status, _) = readiness(&http, &base).await.expect("readiness answers");
+            assert_eq!(status, 503, "not ready through the drain");
+            taken.insert(post_order(&http, &base).await);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert!(
+            taken.len() > 5,
+            "orders were taken through the drain: {taken:?}"
+        );
+
+        let status = wait_exit(&mut service, DRAIN + Duration::from_secs(30));
+        let stopped_after = signalled.elapsed();
+        let output = read_log();
+        let _ = std::fs::remove_file(&log);
+        assert!(status.success(), "a clean stop: {status}\n{output}");
+        assert!(
+            stopped_after >= DRAIN,
+            "stopped {stopped_after:?} after SIGTERM, before its drain of {DRAIN:?}"
+        );
+        assert!(output.contains("readiness answers 503"), "{output}");
+
+        // Every order taken was stored, and its event published before the stop.
+        let stored: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM orders")
+            .fetch_all(db.pool())
+            .await
+            .expect("orders");
+        let stored: BTreeSet<String> = stored.iter().map(ToString::to_string).collect();
+        assert_eq!(stored, taken, "the orders stored are the orders taken");
+        let topic = Topics::with_prefix(&prefix).order_created;
+        let published = broker
+            .client()
+            .read_all(&topic, Duration::from_secs(30))
+            .await
+            .expect("read order.created");
+        let keys: BTreeSet<String> = published
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned())
+            .collect();
+        assert_eq!(published.len(), taken.len(), "one event per order");
+        assert_eq!(keys, taken, "each order's event published");
+    })
+    .await
+    .expect("the test did not finish within 3 minutes");
+}
+
+/// `GET /health/ready`: its status and body, or `None` if nothing answers.
+async fn readiness(http: &reqwest::Client, base: &str) -> Option<(u16, Value)> {
+    let response = http.get(format!("{base}/health/ready")).send().await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.json().await.ok()?))
+}
+
+/// `POST /orders`, which must answer `201`; the new order's id.
+async fn post_order(http: &reqwest::Client, base: &str) -> String {
+    let response = http
+        .post(format!("{base}/orders"))
+        .header("content-type", "application/json")
+        .body(r#"{"amount": 12.50}"#)
+        .send()
+        .await
+        .expect("POST /orders answered");
+    assert_eq!(response.status(), 201, "order taken");
+    let order: Value = response.json().await.expect("json");
+    order["id"].as_str().expect("id").to_owned()
+}
+
+fn signal_term(service: &Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success(), "SIGTERM sent");
+}
+
+/// The exit status, within `limit` (else the process is killed and the test fails).
+fn wait_exit(service: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = service.try_wait().expect("wait") {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = service.kill();
+            panic!("did not stop within {limit:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
