@@ -3,7 +3,10 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{order_api, within, MINUTES_2};
+use crate::helpers::{
+    eventually, fresh_database, order_api, order_config, running_order_service, topic_prefix,
+    within, MINUTES_2, SECONDS_30,
+};
 
 #[tokio::test]
 async fn an_order_is_stored_pending_with_its_order_created_event_in_the_outbox() {
@@ -280,6 +283,64 @@ async fn the_same_idempotency_key_and_body_return_the_original_order_and_write_n
         assert_eq!(again, first);
 
         assert_eq!(service.row_counts().await, (1, 1), "one order, one event");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_forgotten_after_their_retention_and_a_later_retry_makes_a_new_order()
+{
+    within(MINUTES_2, async {
+        let kafka = testkit::kafka::broker().await.expect("kafka");
+        let db = fresh_database().await;
+        let mut config = order_config(&db, kafka.bootstrap(), &topic_prefix());
+        config.service.retention.cleanup_interval_secs = 1;
+        let service = running_order_service(db, config).await.ready().await;
+        let body = json!({"amount": 3});
+        let post = |key: &'static str| {
+            let service = &service;
+            let body = &body;
+            async move {
+                let response = service.post_order(body, Some(key)).await;
+                assert_eq!(response.status(), 201, "{key}");
+                let replayed = response.headers().contains_key("idempotent-replayed");
+                let order: Value = response.json().await.expect("json");
+                (order["id"].as_str().expect("id").to_owned(), replayed)
+            }
+        };
+        let (old, _) = post("old-key").await;
+        let (recent, _) = post("recent-key").await;
+
+        // "old-key" was used 25 hours ago (the retention is 24), and 2,500 more keys too:
+        // more than one batch of the clean-up.
+        sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'old-key'")
+            .execute(service.db.pool())
+            .await
+            .expect("age the key");
+        sqlx::query(
+            "INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at)
+             SELECT 'aged-' || i, 'x', $1, now() - interval '25 hours' FROM generate_series(1, 2500) i",
+        )
+        .bind(uuid::Uuid::parse_str(&old).expect("uuid"))
+        .execute(service.db.pool())
+        .await
+        .expect("aged keys");
+        eventually(SECONDS_30, "the expired keys removed", || async {
+            service.count("idempotency_keys").await == 1
+        })
+        .await;
+        let kept: String = sqlx::query_scalar("SELECT key FROM idempotency_keys")
+            .fetch_one(service.db.pool())
+            .await
+            .expect("the key kept");
+        assert_eq!(kept, "recent-key");
+
+        // Within the retention a retry is a replay; after it, the key makes a new order.
+        assert_eq!(post("recent-key").await, (recent, true));
+        let (again, replayed) = post("old-key").await;
+        assert!(!replayed, "a forgotten key is not replayed");
+        assert_ne!(again, old, "a new order");
+        assert_eq!(service.row_counts().await, (3, 3), "three orders, three events");
     })
     .await;
 }

@@ -1,6 +1,10 @@
 //! The wiring: database and migrations, topics, producer and listener, then the HTTP API
 //! and the consumer of payment outcomes, as one [`Application`].
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox::Cleanup;
 use service_kit::{Application, Resources};
 
 use crate::http::{router, AppState};
@@ -31,7 +35,20 @@ pub async fn build(config: Config) -> anyhow::Result<Application<OnPaymentOutcom
         (router, handler),
     )?;
     app.gauges.push(pending_orders);
+    app.cleanups.push(expired_keys(Duration::from_secs(
+        config.idempotency_key_retention_hours * 3600,
+    )));
     Ok(app)
+}
+
+/// Removes idempotency keys older than `retention` at each clean-up round.
+fn expired_keys(retention: Duration) -> Cleanup {
+    Cleanup {
+        what: "expired idempotency keys",
+        run: Arc::new(move |pool| {
+            Box::pin(async move { crate::store::remove_expired_keys(&pool, retention).await })
+        }),
+    }
 }
 
 /// `orders_pending_oldest_age_seconds`: how long the oldest order not paid or failed yet

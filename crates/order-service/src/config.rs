@@ -22,6 +22,13 @@ pub const NAMING: Naming = Naming {
 pub struct Config {
     #[command(flatten)]
     pub service: ServiceSettings,
+
+    /// How long an `Idempotency-Key` is remembered, in hours: the window in which a client
+    /// may retry `POST /orders` and get the original order back. Older keys are removed in
+    /// batches at the clean-up rounds (`CLEANUP_INTERVAL_SECS`); a key sent again after
+    /// that makes a new order.
+    #[arg(long, env = "ORDER_IDEMPOTENCY_KEY_RETENTION_HOURS", default_value_t = 24)]
+    pub idempotency_key_retention_hours: u64,
 }
 
 service_kit::service_config!(Config, NAMING, &crate::MIGRATIONS, "ORDER_DATABASE_URL");

@@ -1,7 +1,11 @@
 //! Housekeeping: published outbox rows and old inbox records are removed in small
-//! batches, so neither table grows forever.
+//! batches, so neither table grows forever; a service's own tables (order-service's
+//! idempotency keys) are cleaned at the same rounds ([`Cleanup`]).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -74,10 +78,19 @@ pub async fn clean(pool: &PgPool, outbox: Duration, inbox: Duration) -> sqlx::Re
     Ok(removed)
 }
 
+/// A service's own clean-up, run at each round after the outbox's: it removes what it
+/// no longer needs, in batches, and says how many rows it removed.
+#[derive(Clone)]
+pub struct Cleanup {
+    /// What it removes, for the log line.
+    pub what: &'static str,
+    pub run: Arc<dyn Fn(PgPool) -> BoxFuture<'static, sqlx::Result<u64>> + Send + Sync>,
+}
+
 impl RetentionSettings {
-    /// Cleans every `cleanup_interval_secs` until `stop`; failures are logged and tried
-    /// again at the next round.
-    pub async fn run(self, pool: PgPool, stop: CancellationToken) {
+    /// Cleans every `cleanup_interval_secs` until `stop`, the outbox and inbox first,
+    /// then each of `also`; failures are logged and tried again at the next round.
+    pub async fn run(self, pool: PgPool, stop: CancellationToken, also: Vec<Cleanup>) {
         let outbox = Duration::from_secs(self.outbox_retention_hours * 3600);
         let inbox = Duration::from_secs(self.inbox_retention_hours * 3600);
         let mut rounds =
@@ -92,6 +105,13 @@ impl RetentionSettings {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "clean-up failed; will try again"),
                 },
+            }
+            for cleanup in &also {
+                match (cleanup.run)(pool.clone()).await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, what = cleanup.what, "old rows removed"),
+                    Err(e) => tracing::warn!(error = %e, what = cleanup.what, "clean-up failed; will try again"),
+                }
             }
         }
     }

@@ -49,7 +49,7 @@ use sqlx::error::BoxDynError;
 use sqlx::migrate::{MigrateError, Migration, MigrationSource, Migrator};
 
 pub use backlog::{backlog, Backlog};
-pub use cleanup::RetentionSettings;
+pub use cleanup::{Cleanup, RetentionSettings};
 pub use queue::{Events, Outbox, Row, INSERT_ONE};
 pub use relay::{Published, Relay, RelayConfig, RelayError};
 pub use wake::Wake;

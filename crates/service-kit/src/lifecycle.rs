@@ -122,6 +122,8 @@ pub struct Application<H> {
     pub dead_letters: DeadLetterPolicy,
     /// How long published outbox rows and inbox records are kept.
     pub retention: RetentionSettings,
+    /// The service's own clean-ups, run at the retention's rounds.
+    pub cleanups: Vec<outbox::Cleanup>,
     /// Readiness reports the relay stuck when the oldest unpublished event is older.
     pub relay_stuck_after: Duration,
     pub handler: H,
@@ -140,7 +142,8 @@ pub struct Application<H> {
 
 impl<H: BatchHandler> Application<H> {
     /// Service `name`, as `settings` say, on `resources`: `router` serves its API,
-    /// `handler` applies what it consumes from `consumes`. No components or gauges yet.
+    /// `handler` applies what it consumes from `consumes`. No components, gauges or
+    /// clean-ups of its own yet.
     pub fn new(
         name: &'static str,
         settings: &crate::ServiceSettings,
@@ -159,6 +162,7 @@ impl<H: BatchHandler> Application<H> {
             dead_letters: DeadLetterPolicy::new(bootstrap, settings.consumer.dead_letter_limit())
                 .context("creating the dead-letter producer")?,
             retention: settings.retention.clone(),
+            cleanups: Vec::new(),
             relay_stuck_after: settings.relay_stuck_after(),
             handler,
             shutdown_drain: settings.shutdown_drain(),
@@ -216,7 +220,7 @@ impl<H: BatchHandler> Application<H> {
             Relay::new(pool.clone(), producer, RelayConfig::default()).waking_on(wake.clone());
         let relay = tokio::spawn(relay.run(stop.clone()));
         let notifier = tokio::spawn(wake.notify_others(pool.clone(), stop.clone()));
-        let cleanup = tokio::spawn(self.retention.run(pool.clone(), stop.clone()));
+        let cleanup = tokio::spawn(self.retention.run(pool.clone(), stop.clone(), self.cleanups));
         let consuming = tokio::spawn({
             let running =
                 consumer::run(self.consumer, self.handler, self.dead_letters, stop.clone());
