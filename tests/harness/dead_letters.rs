@@ -433,7 +433,10 @@ async fn check_poison_mix(kafka: &testkit::kafka::KafkaClient, case: usize, item
 /// stays `200`, so order intake goes on.
 async fn until_halted(service: &RunningService) -> String {
     let (status, consumer) = service.until_component("consumer", false, MINUTES_2).await;
-    assert_eq!(status, 200, "a halted consumer leaves the instance ready: {consumer}");
+    assert_eq!(
+        status, 200,
+        "a halted consumer leaves the instance ready: {consumer}"
+    );
     consumer["detail"].as_str().unwrap_or_default().to_owned()
 }
 

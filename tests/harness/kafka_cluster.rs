@@ -149,6 +149,9 @@ async fn topics_take_the_brokers_replication_two_in_sync_and_dead_letter_topics_
             // Unset, as by default: the brokers' default.replication.factor (3 here).
             topic_replication: None,
             topic_dlt_retention_ms: None,
+            topic_create: true,
+            topic_min_replication: 3,
+            topic_min_insync_replicas: 2,
         };
         let topics = events::Topics::with_prefix(&settings.topic_prefix);
         settings.ensure_topics(&topics.all()).await.expect("topics");
@@ -213,6 +216,15 @@ async fn topics_take_the_brokers_replication_two_in_sync_and_dead_letter_topics_
                 "{dlt}: kept longer than what it came from"
             );
         }
+        // Where topics may not be created, these are fit: nothing falls short.
+        let checked = ::kafka::KafkaSettings {
+            topic_create: false,
+            ..settings
+        };
+        assert_eq!(
+            checked.prepare_topics(&topics.all()).await.expect("fit"),
+            Vec::<::kafka::Shortfall>::new()
+        );
     })
     .await;
 }

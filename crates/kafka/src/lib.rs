@@ -23,7 +23,7 @@ pub use client::{client_config, reliable_producer, reliable_producer_config};
 pub use dead_letter::dead_letter_topic;
 pub use fault::{fault_of, Fault};
 pub use record::Record;
-pub use topics::{ensure_topics, KafkaSettings};
+pub use topics::{ensure_topics, shortfalls, KafkaSettings, Requirements, ShortOf, Shortfall};
 
 /// Re-exported so that crates above need no rdkafka version of their own to name these.
 pub use rdkafka::error::KafkaError;
@@ -36,4 +36,7 @@ pub enum Error {
     Topic { topic: String, reason: String },
     #[error("reading the cluster's configuration: {0}")]
     Config(String),
+    /// Topics a service may not create are missing or fall short (`TOPIC_CREATE=false`).
+    #[error("TOPIC_CREATE=false and the topics are not fit to use: {0}")]
+    Unfit(String),
 }

@@ -27,7 +27,11 @@ pub struct Config {
     /// may retry `POST /orders` and get the original order back. Older keys are removed in
     /// batches at the clean-up rounds (`CLEANUP_INTERVAL_SECS`); a key sent again after
     /// that makes a new order.
-    #[arg(long, env = "ORDER_IDEMPOTENCY_KEY_RETENTION_HOURS", default_value_t = 24)]
+    #[arg(
+        long,
+        env = "ORDER_IDEMPOTENCY_KEY_RETENTION_HOURS",
+        default_value_t = 24
+    )]
     pub idempotency_key_retention_hours: u64,
 }
 

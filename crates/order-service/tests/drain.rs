@@ -72,7 +72,10 @@ async fn on_sigterm_readiness_turns_503_at_once_requests_are_served_through_the_
         assert_eq!(status, 503, "not ready as soon as SIGTERM arrives: {body}");
         assert!(body.to_string().contains("shutting down"), "{body}");
         let first_answer = signalled.elapsed();
-        assert!(first_answer < Duration::from_secs(3), "took {first_answer:?}");
+        assert!(
+            first_answer < Duration::from_secs(3),
+            "took {first_answer:?}"
+        );
         while signalled.elapsed() < DRAIN - Duration::from_secs(2) {
             let (status, _) = readiness(&http, &base).await.expect("readiness answers");
             assert_eq!(status, 503, "not ready through the drain");

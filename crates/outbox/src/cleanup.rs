@@ -110,7 +110,9 @@ impl RetentionSettings {
                 match (cleanup.run)(pool.clone()).await {
                     Ok(0) => {}
                     Ok(removed) => tracing::info!(removed, what = cleanup.what, "old rows removed"),
-                    Err(e) => tracing::warn!(error = %e, what = cleanup.what, "clean-up failed; will try again"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, what = cleanup.what, "clean-up failed; will try again")
+                    }
                 }
             }
         }

@@ -96,9 +96,10 @@ async fn a_service_fed_only_poison_halts_its_consumer_says_why_and_exits_non_zer
                 .expect("GET ready");
             let status = ready.status();
             let body: serde_json::Value = ready.json().await.expect("readiness json");
-            let halted = body["components"]
-                .as_array()
-                .is_some_and(|all| all.iter().any(|c| c["name"] == "consumer" && c["ok"] == false));
+            let halted = body["components"].as_array().is_some_and(|all| {
+                all.iter()
+                    .any(|c| c["name"] == "consumer" && c["ok"] == false)
+            });
             if halted || asked.elapsed() > Duration::from_secs(30) {
                 break (status, body);
             }

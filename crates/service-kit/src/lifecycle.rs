@@ -73,7 +73,8 @@ pub struct Resources {
 
 impl Resources {
     /// Connects to PostgreSQL and runs the migrations, creates the platform's topics if
-    /// they are missing, creates the producer and binds the listener. Fails with a
+    /// they are missing (or, with `TOPIC_CREATE=false`, checks them), creates the
+    /// producer and binds the listener. Fails with a
     /// message naming what could not be reached.
     pub async fn acquire(needs: Needs<'_>) -> anyhow::Result<Self> {
         let pool = connect_database(
@@ -87,11 +88,16 @@ impl Resources {
         // Every platform topic and its dead-letter topic, with the same partitions, so a
         // dead letter keeps its partition number.
         let topics = Topics::with_prefix(&needs.kafka.topic_prefix);
-        needs
-            .kafka
-            .ensure_topics(&topics.all())
-            .await
-            .context("creating topics (KAFKA_BOOTSTRAP)")?;
+        match needs.kafka.prepare_topics(&topics.all()).await {
+            Ok(shortfalls) => {
+                for shortfall in shortfalls {
+                    tracing::warn!(%shortfall, "a topic falls short of what the platform needs");
+                }
+            }
+            // Said whole on one line: the error names every shortfall.
+            Err(e @ kafka::Error::Unfit(_)) => anyhow::bail!("{e}"),
+            Err(e) => return Err(e).context("creating topics (KAFKA_BOOTSTRAP)"),
+        }
         let producer = kafka::reliable_producer(&needs.kafka.kafka_bootstrap)
             .context("creating the Kafka producer")?;
         let listener = TcpListener::bind(needs.listen)
@@ -220,7 +226,10 @@ impl<H: BatchHandler> Application<H> {
             Relay::new(pool.clone(), producer, RelayConfig::default()).waking_on(wake.clone());
         let relay = tokio::spawn(relay.run(stop.clone()));
         let notifier = tokio::spawn(wake.notify_others(pool.clone(), stop.clone()));
-        let cleanup = tokio::spawn(self.retention.run(pool.clone(), stop.clone(), self.cleanups));
+        let cleanup = tokio::spawn(
+            self.retention
+                .run(pool.clone(), stop.clone(), self.cleanups),
+        );
         let consuming = tokio::spawn({
             let running =
                 consumer::run(self.consumer, self.handler, self.dead_letters, stop.clone());
