@@ -83,10 +83,15 @@ outbox SERVICE *ARGS:
       *) echo "just outbox: SERVICE is order or payment, not {{SERVICE}}" >&2; exit 2 ;; \
     esac; DATABASE_URL="$url" cargo run --quiet -p outbox --bin outbox -- {{ARGS}}
 
-# Run the whole suite on real Kafka and PostgreSQL, then (without ARGS) the whole stack from docker-compose.yml; fails if it leaves a container behind
+# Run the whole suite on real Kafka and PostgreSQL, then (without ARGS) the whole stack from docker-compose.yml and the Kubernetes manifests; fails if it leaves a container behind
 [group('test')]
 test *ARGS:
-    {{infra_env}}; rc=0; cargo test --workspace {{ARGS}} || rc=$?; if [[ -z "{{ARGS}}" ]]; then scripts/stack-check.sh || rc=1; fi; scripts/leftovers.sh || rc=1; exit $rc
+    {{infra_env}}; rc=0; cargo test --workspace {{ARGS}} || rc=$?; if [[ -z "{{ARGS}}" ]]; then scripts/stack-check.sh || rc=1; scripts/k8s-check.sh || rc=1; fi; scripts/leftovers.sh || rc=1; exit $rc
+
+# The Kubernetes manifests (deploy/kubernetes), validated without a cluster: strict decoding against the API types, probes, limits, grace periods
+[group('test')]
+k8s-check:
+    scripts/k8s-check.sh
 
 # The whole stack from docker-compose.yml, services included: healthy, serving, paying an order
 [group('test')]
