@@ -326,23 +326,27 @@ impl Group {
         self.stream_errors + self.consumer.context().errors.load(Ordering::Relaxed)
     }
 
-    /// Commits what was stored and closes the consumer, bounded: librdkafka's commit and
-    /// close block without a limit when no broker answers, so they run on a thread of
-    /// their own, which is left behind if it takes too long.
+    /// Commits what was stored, then closes the consumer, which leaves the group (so its
+    /// partitions move at once, not after the session timeout), and returns once it has
+    /// left. Bounded: librdkafka's commit and close block without a limit when no broker
+    /// answers, so they run on a thread of their own, which is left behind if it takes
+    /// too long. Returning before the close finished would let the process exit before
+    /// the leave is sent, and the partitions wait out the session.
     pub async fn close(self) {
         let (done, finished) = tokio::sync::oneshot::channel();
         let consumer = self.consumer.take();
         std::thread::spawn(move || {
             let committed = consumer.commit_consumer_state(CommitMode::Sync);
-            let _ = done.send(committed);
+            // Dropping closes the consumer: revokes, leaves the group, waits until closed.
             drop(consumer);
+            let _ = done.send(committed);
         });
         match tokio::time::timeout(CLOSE_TIMEOUT, finished).await {
             // NoOffset: nothing stored since the last background commit.
             Ok(Ok(Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "final offset commit failed"),
             _ => {
-                tracing::warn!(timeout = ?CLOSE_TIMEOUT, "final offset commit did not finish in time")
+                tracing::warn!(timeout = ?CLOSE_TIMEOUT, "the final offset commit and leaving the group did not finish in time")
             }
         }
     }

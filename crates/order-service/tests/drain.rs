@@ -1,8 +1,9 @@
 //! Shutting down behind a load balancer: on SIGTERM, an order-service process answers
 //! readiness `503` at once and goes on serving for its drain period
 //! (`ORDER_SHUTDOWN_DRAIN_SECS`), so the balancer takes it out of rotation before its
-//! listener closes; then it stops cleanly. Orders taken during the drain are stored and
-//! their events published.
+//! listener closes; then it stops cleanly, having left its consumer group (so its
+//! partitions move at once, not after the session timeout). Orders taken during the
+//! drain are stored and their events published.
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
@@ -97,6 +98,22 @@ async fn on_sigterm_readiness_turns_503_at_once_requests_are_served_through_the_
             "stopped {stopped_after:?} after SIGTERM, before its drain of {DRAIN:?}"
         );
         assert!(output.contains("readiness answers 503"), "{output}");
+
+        // It left its consumer group before it exited: without the leave, it would stay a
+        // member until its session (20 s) ran out, and its partitions wait as long.
+        let group = format!("{prefix}order-service");
+        let exited = Instant::now();
+        loop {
+            let members = broker.client().group_members(&group).await.expect("group");
+            if members.is_empty() {
+                break;
+            }
+            assert!(
+                exited.elapsed() < Duration::from_secs(5),
+                "still in its group 5 s after it exited: {members:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
 
         // Every order taken was stored, and its event published before the stop.
         let stored: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM orders")

@@ -607,6 +607,24 @@ impl KafkaClient {
         .map_err(|e| Error::Unsupported(format!("offsets task failed: {e}")))?
     }
 
+    /// The members of consumer group `group`, by client id, as its coordinator reports
+    /// them now (none once every member has left).
+    pub async fn group_members(&self, group: &str) -> Result<Vec<String>> {
+        let consumer: BaseConsumer = self.config().create()?;
+        let group = group.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let groups = consumer.fetch_group_list(Some(&group), CALL_TIMEOUT)?;
+            Ok(groups
+                .groups()
+                .iter()
+                .filter(|g| g.name() == group)
+                .flat_map(|g| g.members().iter().map(|m| m.client_id().to_owned()))
+                .collect())
+        })
+        .await
+        .map_err(|e| Error::Unsupported(format!("group task failed: {e}")))?
+    }
+
     /// Records in `topic` (sum of high watermarks less low ones; topics here are never
     /// compacted).
     pub async fn record_count(&self, topic: &str) -> Result<i64> {
