@@ -87,6 +87,8 @@ pub struct Second {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Window {
     pub start_s: u64,
+    /// Where the grace period counts from: the fault's start, or its last action.
+    pub grace_from_s: u64,
     pub heal_s: u64,
 }
 
@@ -476,7 +478,7 @@ fn check_windows(
     window: Window,
     verdict: &mut Verdict,
 ) {
-    let from = window.start_s + expect.grace.as_secs();
+    let from = window.grace_from_s + expect.grace.as_secs();
     let sum = |range: std::ops::Range<u64>, of: fn(&Second) -> u64| -> u64 {
         range
             .filter_map(|s| observed.timeline.get(s as usize))
@@ -573,8 +575,10 @@ fn allowed_wait(fault: Option<Window>, expect: &Expectations, second: u64) -> Op
         return Some(STEADY_WAIT);
     }
     if expect.flow_during_fault {
-        // Orders caught by the fault may wait for the failover.
-        return Some(STEADY_WAIT + expect.grace);
+        // Orders caught by the fault may wait for the failover, from the action the grace
+        // counts from.
+        let since_start = Duration::from_secs(window.grace_from_s.saturating_sub(window.start_s));
+        return Some(STEADY_WAIT + since_start + expect.grace);
     }
     None
 }

@@ -23,6 +23,9 @@ pub struct Drill {
     pub flow_during_fault: bool,
     /// The failover time: how long after the injection the flow may stop.
     pub grace: Duration,
+    /// The grace counts from the fault's last action, not its first: each action is a
+    /// failover of its own (payment-kill's kills, each a session timeout).
+    pub grace_from_last_action: bool,
     /// Orders per second for this drill, whatever `--rate` says (the low-rate variants).
     pub rate: Option<f64>,
     fault: Fault,
@@ -61,6 +64,7 @@ const fn drill(name: &'static str, about: &'static str, fault: Fault) -> Drill {
         fault_length: secs(20),
         flow_during_fault: false,
         grace: secs(0),
+        grace_from_last_action: false,
         rate: None,
         fault,
     }
@@ -125,10 +129,17 @@ const GATEWAY_AUTH: Drill = lasting(
 );
 
 /// A killed consumer's partitions wait out its session (`CONSUMER_SESSION_TIMEOUT_MS`,
-/// 20 s) before the group hands them on, and three kills about 8 s apart chain: a
-/// restarted instance's join waits for the members killed before it. Counted from the
-/// first kill.
-const PAYMENT_KILL_GRACE: u64 = 35;
+/// 20 s) before the group hands them on, and the kills chain: a restarted instance's
+/// join waits for the members killed before it. So the flow may stop until a session
+/// and a rebalance after the last kill; counted from it, since how far apart the kills
+/// fall depends on how soon charges are in flight and restarts ready.
+const PAYMENT_KILL_GRACE: u64 = 28;
+
+/// Counts the grace from the fault's last action.
+const fn from_last_action(mut d: Drill) -> Drill {
+    d.grace_from_last_action = true;
+    d
+}
 
 /// Every drill, in the order `just chaos` runs them.
 pub const DRILLS: &[Drill] = &[
@@ -139,7 +150,7 @@ pub const DRILLS: &[Drill] = &[
     drill("minority-left", "two of three brokers down for 20 s: orders still accepted, nothing published, then everything drains", Fault::MinorityLeft),
     drill("kafka-down", "all three brokers SIGKILLed for 20 s, then restarted", Fault::KafkaDown),
     lasting(drill("postgres-kill", "SIGKILL PostgreSQL mid-flow and restart it", Fault::PostgresKill), 5),
-    instances(tolerated(drill("payment-kill", "SIGKILL a payment-service instance three times with charges in flight, restarting it each time", Fault::PaymentKill), 30, PAYMENT_KILL_GRACE), 1, 2),
+    instances(from_last_action(tolerated(drill("payment-kill", "SIGKILL a payment-service instance three times with charges in flight, restarting it each time", Fault::PaymentKill), 60, PAYMENT_KILL_GRACE)), 1, 2),
     lasting(drill("order-kill", "SIGKILL order-service while its outbox has rows to publish; restart it", Fault::OrderKill), 5),
     instances(tolerated(drill("order-pause", "SIGSTOP one of two order-service instances (its relay publishing) for 30 s; the other takes its slots", Fault::OrderPause), 30, 20), 2, 1),
     tolerated(drill("rebalance", "payment-service scaled 1 → 3 → 1 instances mid-flow", Fault::Rebalance), 30, 10),
@@ -192,6 +203,8 @@ pub struct FaultNotes {
     /// seconds (the active controller is asked of the quorum by a command-line tool), and
     /// the grace period counts from the fault, not from the search.
     pub struck: Option<Instant>,
+    /// When the last action was done.
+    pub last_struck: Option<Instant>,
     /// What showed the fault took effect.
     pub proofs: Vec<String>,
     /// What should have shown it and did not: the drill fails, the fault unproven.
@@ -205,9 +218,12 @@ pub struct FaultNotes {
 }
 
 impl FaultNotes {
-    /// Records what was done; the first call marks the fault's start.
+    /// Records what was done; the first call marks the fault's start, the last its last
+    /// action.
     fn did(&mut self, action: impl Into<String>) {
-        self.struck.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        self.struck.get_or_insert(now);
+        self.last_struck = Some(now);
         self.actions.push(action.into());
     }
 

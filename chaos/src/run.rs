@@ -107,6 +107,10 @@ pub async fn run(drill: &'static Drill, options: &Options, dir: &Path) -> anyhow
         .struck
         .map_or(asked_s, |at| at.duration_since(load_started).as_secs());
     let heal_s = load_started.elapsed().as_secs();
+    let grace_from_s = match notes.last_struck {
+        Some(at) if drill.grace_from_last_action => at.duration_since(load_started).as_secs(),
+        _ => start_s,
+    };
     for action in &notes.actions {
         say(drill, action);
     }
@@ -136,7 +140,11 @@ pub async fn run(drill: &'static Drill, options: &Options, dir: &Path) -> anyhow
     ticker.abort();
     stop.cancel();
 
-    let fault = Window { start_s, heal_s };
+    let fault = Window {
+        start_s,
+        grace_from_s,
+        heal_s,
+    };
     let run = crate::observe::Run {
         requests,
         planned,

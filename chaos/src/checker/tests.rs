@@ -117,6 +117,7 @@ fn healthy() -> Observed {
         ],
         fault: Some(Window {
             start_s: 3,
+            grace_from_s: 3,
             heal_s: 5,
         }),
         started_ms: START_MS,
@@ -262,6 +263,7 @@ fn one_order_paid_during_a_long_tolerated_fault_is_not_progress() {
     let mut observed = healthy();
     observed.fault = Some(Window {
         start_s: 0,
+        grace_from_s: 0,
         heal_s: 10,
     });
     let expect = Expectations {
@@ -284,6 +286,7 @@ fn quiet_seconds_of_a_long_fault_after_the_load_ended_and_all_was_paid_are_no_st
     let mut observed = healthy();
     observed.fault = Some(Window {
         start_s: 0,
+        grace_from_s: 0,
         heal_s: 20,
     });
     // Everything offered was paid in the first ten seconds; the fault lasts ten more.
@@ -304,6 +307,7 @@ fn orders_left_unpaid_after_the_load_ended_during_a_long_fault_are_a_stall() {
     let mut observed = healthy();
     observed.fault = Some(Window {
         start_s: 0,
+        grace_from_s: 0,
         heal_s: 20,
     });
     // Ten accepted in the first second, none paid until the fault is over.
@@ -327,6 +331,7 @@ fn a_stall_that_begins_at_the_heal_of_a_tolerated_fault_while_load_goes_on_is_ca
     let mut observed = healthy();
     observed.fault = Some(Window {
         start_s: 0,
+        grace_from_s: 0,
         heal_s: 5,
     });
     // Ten offered and paid a second, except for five seconds right after the heal: the
@@ -345,6 +350,38 @@ fn a_stall_that_begins_at_the_heal_of_a_tolerated_fault_while_load_goes_on_is_ca
         f.iter()
             .any(|l| l.contains("0 orders paid from 5 s to 10 s")),
         "{f:?}"
+    );
+}
+
+#[test]
+fn a_grace_counted_from_the_last_action_tolerates_a_stall_after_it_and_no_later_one() {
+    let mut observed = healthy();
+    // The last of the fault's actions at 10 s, each a failover of its own (5 s grace).
+    observed.fault = Some(Window {
+        start_s: 0,
+        grace_from_s: 10,
+        heal_s: 12,
+    });
+    observed.timeline = vec![Second::default(); 30];
+    for (s, second) in observed.timeline.iter_mut().enumerate() {
+        second.accepted = 10;
+        let stalled = (10..15).contains(&s) || (20..25).contains(&s);
+        second.paid = if stalled { 0 } else { 10 };
+    }
+    let expect = Expectations {
+        rate: 10.0,
+        grace: Duration::from_secs(5),
+        ..EXPECT
+    };
+    let f = failures(&observed, &expect);
+    assert!(
+        !f.iter().any(|l| l.contains("from 10 s to 15 s")),
+        "within the grace of the last action: {f:?}"
+    );
+    assert!(
+        f.iter()
+            .any(|l| l.contains("0 orders paid from 20 s to 25 s")),
+        "after it: {f:?}"
     );
 }
 

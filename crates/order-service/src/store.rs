@@ -108,29 +108,17 @@ pub async fn create_order(
     Ok(Created::Replayed(original))
 }
 
-/// Idempotency keys removed per statement: small, so that no statement holds locks long.
-const EXPIRY_BATCH: i64 = 1000;
-
-/// Removes the idempotency keys older than `retention`, [`EXPIRY_BATCH`] at a time until
-/// none is left; returns how many. Their orders stay.
+/// Removes the idempotency keys older than `retention`, in batches; returns how many.
+/// Their orders stay.
 pub async fn remove_expired_keys(pool: &PgPool, retention: Duration) -> sqlx::Result<u64> {
-    let mut removed = 0;
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM idempotency_keys WHERE key IN (
-                 SELECT key FROM idempotency_keys
-                 WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
-        )
-        .bind(retention.as_secs_f64())
-        .bind(EXPIRY_BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        removed += n;
-        if n < EXPIRY_BATCH as u64 {
-            return Ok(removed);
-        }
-    }
+    outbox::cleanup::delete_in_batches(
+        pool,
+        "DELETE FROM idempotency_keys WHERE key IN (
+             SELECT key FROM idempotency_keys
+             WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
+        retention,
+    )
+    .await
 }
 
 pub async fn get_order(pool: &PgPool, id: Uuid) -> Result<Option<Order>, StoreError> {

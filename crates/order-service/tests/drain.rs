@@ -6,12 +6,11 @@
 //! drain are stored and their events published.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use events::Topics;
 use serde_json::Value;
-use testkit::{kafka, postgres, unique_name};
+use testkit::{kafka, postgres, unique_name, ServiceProcess};
 
 const DRAIN: Duration = Duration::from_secs(6);
 
@@ -21,51 +20,44 @@ async fn on_sigterm_readiness_turns_503_at_once_requests_are_served_through_the_
     tokio::time::timeout(Duration::from_secs(180), async {
         let broker = kafka::broker().await.expect("kafka");
         let prefix = format!("{}.", unique_name("drain"));
-        let db = postgres::server()
-            .await
-            .expect("postgres")
-            .fresh_database()
-            .await
-            .expect("db");
-        let port = testkit::engine::free_port().expect("a free port");
-        let log = std::env::temp_dir().join(format!("{}.log", unique_name("order-service")));
-        let mut service = Command::new(env!("CARGO_BIN_EXE_order-service"))
-            .env("ORDER_LISTEN", format!("127.0.0.1:{port}"))
-            .env("ORDER_DATABASE_URL", &db.url)
-            .env("ORDER_CONSUMER_GROUP", format!("{prefix}order-service"))
-            .env("ORDER_SHUTDOWN_DRAIN_SECS", DRAIN.as_secs().to_string())
-            .env("KAFKA_BOOTSTRAP", broker.bootstrap())
-            .env("TOPIC_PREFIX", &prefix)
-            .env("RUST_LOG", "info,sqlx=warn,librdkafka=warn,rdkafka=warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start order-service");
-        let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+        let db = postgres::fresh_database().await.expect("db");
+        let group = format!("{prefix}order-service");
+        let drain = DRAIN.as_secs().to_string();
+        let mut service = ServiceProcess::start(
+            env!("CARGO_BIN_EXE_order-service"),
+            "ORDER_LISTEN",
+            &[
+                ("ORDER_DATABASE_URL", &db.url),
+                ("ORDER_CONSUMER_GROUP", &group),
+                ("ORDER_SHUTDOWN_DRAIN_SECS", &drain),
+                ("KAFKA_BOOTSTRAP", broker.bootstrap()),
+                ("TOPIC_PREFIX", &prefix),
+                ("RUST_LOG", "info,sqlx=warn,librdkafka=warn,rdkafka=warn"),
+            ],
+        )
+        .expect("start order-service");
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
             .expect("client");
-        let base = format!("http://127.0.0.1:{port}");
-
-        let started = Instant::now();
-        while readiness(&http, &base).await.map(|(status, _)| status) != Some(200) {
-            if let Some(status) = service.try_wait().expect("wait") {
-                panic!(
-                    "order-service exited ({status}) before it was ready\n{}",
-                    read_log()
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "not ready within 60 s\n{}",
-                read_log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let base = service.url();
+        service
+            .until_ready(Duration::from_secs(60))
+            .await
+            .expect("ready");
         let mut taken = BTreeSet::from([post_order(&http, &base).await]);
+        // /metrics says the same as readiness: ready, and each component well.
+        let metrics = scrape(&http, &base).await;
+        for line in [
+            r#"health_ready{service="order-service"} 1"#,
+            r#"health_component_ok{service="order-service",component="kafka"} 1"#,
+            r#"health_component_ok{service="order-service",component="consumer"} 1"#,
+            r#"health_component_ok{service="order-service",component="relay"} 1"#,
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+        }
 
-        signal_term(&service);
+        service.terminate().expect("SIGTERM");
         let signalled = Instant::now();
         // At once: readiness 503, saying why, while orders are still taken.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -76,6 +68,13 @@ async fn on_sigterm_readiness_turns_503_at_once_requests_are_served_through_the_
         assert!(
             first_answer < Duration::from_secs(3),
             "took {first_answer:?}"
+        );
+        let metrics = scrape(&http, &base).await;
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l == r#"health_ready{service="order-service"} 0"#),
+            "not ready in /metrics while draining:\n{metrics}"
         );
         while signalled.elapsed() < DRAIN - Duration::from_secs(2) {
             let (status, _) = readiness(&http, &base).await.expect("readiness answers");
@@ -88,10 +87,12 @@ async fn on_sigterm_readiness_turns_503_at_once_requests_are_served_through_the_
             "orders were taken through the drain: {taken:?}"
         );
 
-        let status = wait_exit(&mut service, DRAIN + Duration::from_secs(30));
+        let status = service
+            .wait_exit(DRAIN + Duration::from_secs(30))
+            .await
+            .expect("stopped");
         let stopped_after = signalled.elapsed();
-        let output = read_log();
-        let _ = std::fs::remove_file(&log);
+        let output = service.log();
         assert!(status.success(), "a clean stop: {status}\n{output}");
         assert!(
             stopped_after >= DRAIN,
@@ -101,7 +102,6 @@ async fn on_sigterm_readiness_turns_503_at_once_requests_are_served_through_the_
 
         // It left its consumer group before it exited: without the leave, it would stay a
         // member until its session (20 s) ran out, and its partitions wait as long.
-        let group = format!("{prefix}order-service");
         let exited = Instant::now();
         loop {
             let members = broker.client().group_members(&group).await.expect("group");
@@ -146,6 +146,17 @@ async fn readiness(http: &reqwest::Client, base: &str) -> Option<(u16, Value)> {
     Some((status, response.json().await.ok()?))
 }
 
+/// `GET /metrics`, which must answer.
+async fn scrape(http: &reqwest::Client, base: &str) -> String {
+    let response = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics answered");
+    assert_eq!(response.status(), 200, "/metrics");
+    response.text().await.expect("metrics text")
+}
+
 /// `POST /orders`, which must answer `201`; the new order's id.
 async fn post_order(http: &reqwest::Client, base: &str) -> String {
     let response = http
@@ -158,27 +169,4 @@ async fn post_order(http: &reqwest::Client, base: &str) -> String {
     assert_eq!(response.status(), 201, "order taken");
     let order: Value = response.json().await.expect("json");
     order["id"].as_str().expect("id").to_owned()
-}
-
-fn signal_term(service: &Child) {
-    let sent = Command::new("kill")
-        .args(["-TERM", &service.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success(), "SIGTERM sent");
-}
-
-/// The exit status, within `limit` (else the process is killed and the test fails).
-fn wait_exit(service: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = service.try_wait().expect("wait") {
-            return status;
-        }
-        if started.elapsed() > limit {
-            let _ = service.kill();
-            panic!("did not stop within {limit:?} of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }

@@ -42,40 +42,47 @@ pub struct Removed {
 /// `inbox`, [`CLEANUP_BATCH`] rows at a time until none is left. Pending and parked rows
 /// are never touched.
 pub async fn clean(pool: &PgPool, outbox: Duration, inbox: Duration) -> sqlx::Result<Removed> {
-    let mut removed = Removed::default();
-    loop {
-        let n = sqlx::query(
+    Ok(Removed {
+        outbox: delete_in_batches(
+            pool,
             "DELETE FROM outbox WHERE id IN (
                  SELECT id FROM outbox
                  WHERE published_at < now() - make_interval(secs => $1) LIMIT $2)",
+            outbox,
         )
-        .bind(outbox.as_secs_f64())
-        .bind(CLEANUP_BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        removed.outbox += n;
-        if n < CLEANUP_BATCH as u64 {
-            break;
-        }
-    }
-    loop {
-        let n = sqlx::query(
+        .await?,
+        inbox: delete_in_batches(
+            pool,
             "DELETE FROM processed_events WHERE (consumer, event_id) IN (
                  SELECT consumer, event_id FROM processed_events
                  WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2)",
+            inbox,
         )
-        .bind(inbox.as_secs_f64())
-        .bind(CLEANUP_BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        removed.inbox += n;
+        .await?,
+    })
+}
+
+/// Runs `delete` — a statement removing at most `$2` rows older than `$1` seconds — with
+/// `older_than` and [`CLEANUP_BATCH`] until it removes fewer than a batch; returns how
+/// many rows it removed in all. Small batches, so that no statement holds locks for long.
+pub async fn delete_in_batches(
+    pool: &PgPool,
+    delete: &'static str,
+    older_than: Duration,
+) -> sqlx::Result<u64> {
+    let mut removed = 0;
+    loop {
+        let n = sqlx::query(delete)
+            .bind(older_than.as_secs_f64())
+            .bind(CLEANUP_BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        removed += n;
         if n < CLEANUP_BATCH as u64 {
-            break;
+            return Ok(removed);
         }
     }
-    Ok(removed)
 }
 
 /// A service's own clean-up, run at each round after the outbox's: it removes what it

@@ -3,11 +3,10 @@
 //! topic, says why at ERROR and which setting governs it, reports its consumer halted —
 //! and stays ready and keeps serving HTTP. Stopped, it exits with a non-zero status that says why.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use events::Topics;
-use testkit::{kafka, postgres, unique_name, Record};
+use testkit::{kafka, postgres, unique_name, Record, ServiceProcess};
 
 #[tokio::test]
 async fn a_service_fed_only_poison_halts_its_consumer_says_why_and_exits_non_zero_when_stopped() {
@@ -27,48 +26,39 @@ async fn a_service_fed_only_poison_halts_its_consumer_says_why_and_exits_non_zer
             .produce_all(&topics.order_created, &poison)
             .await
             .expect("produce");
-        let db = postgres::server()
-            .await
-            .expect("postgres")
-            .fresh_database()
-            .await
-            .expect("db");
+        let db = postgres::fresh_database().await.expect("db");
+        let group = unique_name("payment-service");
+        let mut service = ServiceProcess::start(
+            env!("CARGO_BIN_EXE_payment-service"),
+            "PAYMENT_LISTEN",
+            &[
+                ("PAYMENT_CONSUMER_GROUP", &group),
+                ("PAYMENT_DATABASE_URL", &db.url),
+                ("KAFKA_BOOTSTRAP", broker.bootstrap()),
+                ("TOPIC_PREFIX", &prefix),
+                ("CONSUMER_DLT_WINDOW", "20"),
+                ("CONSUMER_DLT_MAX_RATIO", "0.5"),
+                ("RUST_LOG", "warn"),
+            ],
+        )
+        .expect("start payment-service");
 
-        let log = std::env::temp_dir().join(format!("{}.log", unique_name("payment-service")));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut service = Command::new(env!("CARGO_BIN_EXE_payment-service"))
-            .env("PAYMENT_LISTEN", format!("127.0.0.1:{port}"))
-            .env("PAYMENT_CONSUMER_GROUP", unique_name("payment-service"))
-            .env("PAYMENT_DATABASE_URL", &db.url)
-            .env("KAFKA_BOOTSTRAP", broker.bootstrap())
-            .env("TOPIC_PREFIX", &prefix)
-            .env("CONSUMER_DLT_WINDOW", "20")
-            .env("CONSUMER_DLT_MAX_RATIO", "0.5")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start payment-service");
-
-        let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
         let started = Instant::now();
-        while !read_log().contains("stopped by the dead-letter guard") {
-            if let Some(status) = service.try_wait().expect("wait") {
+        while !service.log().contains("stopped by the dead-letter guard") {
+            if let Some(status) = service.exited() {
                 panic!(
                     "payment-service exited ({status}) instead of halting its consumer\n{}",
-                    read_log()
+                    service.log()
                 );
             }
-            if started.elapsed() > Duration::from_secs(120) {
-                let _ = service.kill();
-                panic!("the guard did not trip within 120 s\n{}", read_log());
-            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the guard did not trip within 120 s\n{}",
+                service.log()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let output = read_log();
+        let output = service.log();
         assert!(output.contains("CONSUMER_DLT_MAX_RATIO"), "{output}");
         assert!(output.contains("poison.invalid"), "{output}");
 
@@ -77,7 +67,7 @@ async fn a_service_fed_only_poison_halts_its_consumer_says_why_and_exits_non_zer
             .timeout(Duration::from_secs(10))
             .build()
             .expect("client");
-        let base = format!("http://127.0.0.1:{port}");
+        let base = service.url();
         let payments = http
             .get(format!("{base}/payments"))
             .send()
@@ -112,24 +102,12 @@ async fn a_service_fed_only_poison_halts_its_consumer_says_why_and_exits_non_zer
         assert_eq!(status, 200, "still ready: {body}");
 
         // SIGTERM: a clean stop of a halted service still says it failed.
-        let killed = Command::new("kill")
-            .args(["-TERM", &service.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(killed.success());
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = service.try_wait().expect("wait") {
-                break status;
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                let _ = service.kill();
-                panic!("payment-service did not stop within 60 s of SIGTERM");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        let output = read_log();
-        let _ = std::fs::remove_file(&log);
+        service.terminate().expect("SIGTERM");
+        let status = service
+            .wait_exit(Duration::from_secs(60))
+            .await
+            .expect("stopped within 60 s of SIGTERM");
+        let output = service.log();
         assert!(
             !status.success(),
             "a halted consumer makes a failed exit: {status}\n{output}"

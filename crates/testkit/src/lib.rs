@@ -13,6 +13,7 @@
 //!   stopped and restarted.
 //! - [`names`]: unique topic, group and database names, so tests never share state.
 //! - [`services`]: the platform's services as tests configure them.
+//! - [`process`]: a service run as an OS process (exit status, signals, its log).
 //!
 //! **External mode**: when `OP_DATABASE_URL` and `OP_KAFKA_BOOTSTRAP` are both set,
 //! [`postgres::server`] and [`kafka::broker`] start nothing and use those servers.
@@ -31,6 +32,7 @@ pub mod images;
 pub mod kafka;
 pub mod names;
 pub mod postgres;
+pub mod process;
 pub mod runtime;
 pub mod services;
 
@@ -39,3 +41,4 @@ pub use cluster::{ClusterBroker, KafkaCluster};
 pub use error::{Error, Result};
 pub use names::unique_name;
 pub use postgres::{PostgresServer, TestDatabase};
+pub use process::ServiceProcess;

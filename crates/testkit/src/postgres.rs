@@ -41,6 +41,11 @@ impl Drop for PostgresServer {
     }
 }
 
+/// A database of its own on this test binary's server.
+pub async fn fresh_database() -> Result<TestDatabase> {
+    server().await?.fresh_database().await
+}
+
 /// The server of this test binary, started on first use.
 pub async fn server() -> Result<&'static PostgresServer> {
     static SERVER: OnceCell<PostgresServer> = OnceCell::const_new();
