@@ -89,11 +89,15 @@ impl Resources {
         // dead letter keeps its partition number.
         let topics = Topics::with_prefix(&needs.kafka.topic_prefix);
         match needs.kafka.prepare_topics(&topics.all()).await {
-            Ok(shortfalls) => {
-                for shortfall in shortfalls {
-                    tracing::warn!(%shortfall, "a topic falls short of what the platform needs");
-                }
+            Ok(shortfalls) if !shortfalls.is_empty() => {
+                let all: Vec<String> = shortfalls.iter().map(ToString::to_string).collect();
+                tracing::warn!(
+                    shortfalls = %all.join("; "),
+                    "{} topic shortfall(s): a topic falls short of what the platform needs",
+                    all.len()
+                );
             }
+            Ok(_) => {}
             // Said whole on one line: the error names every shortfall.
             Err(e @ kafka::Error::Unfit(_)) => anyhow::bail!("{e}"),
             Err(e) => return Err(e).context("creating topics (KAFKA_BOOTSTRAP)"),
