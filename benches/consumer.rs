@@ -162,13 +162,13 @@ impl Bench {
     ) -> Duration {
         let meter = Arc::new(Meter::new(n));
         let mut config = ConsumerConfig::new(
-            self.kafka.bootstrap(),
+            self.kafka.connection(),
             &unique_name("bench-group"),
             &[&self.topics.order_created],
         );
         config.batch_size = batch_size;
         let dead_letters =
-            DeadLetterPolicy::new(self.kafka.bootstrap(), DeadLetterLimit::default())
+            DeadLetterPolicy::new(self.kafka.connection(), DeadLetterLimit::default())
                 .expect("dead-letter producer");
         let stop = meter.done.clone();
         let counting = Counting {

@@ -307,13 +307,13 @@ async fn check_poison_mix(kafka: &testkit::kafka::KafkaClient, case: usize, item
     }
 
     let group = testkit::unique_name("payment-service");
-    let mut config = ConsumerConfig::new(kafka.bootstrap(), &group, &[&topics.order_created]);
+    let mut config = ConsumerConfig::new(kafka.connection(), &group, &[&topics.order_created]);
     config.batch_size = 7; // many batches, poison at every position in them
     let limit = DeadLetterLimit {
         max_ratio: 1.0, // this stream is poison by design
         ..DeadLetterLimit::default()
     };
-    let dead_letters_to = DeadLetterPolicy::new(kafka.bootstrap(), limit).expect("producer");
+    let dead_letters_to = DeadLetterPolicy::new(kafka.connection(), limit).expect("producer");
     let stop = CancellationToken::new();
     let running = tokio::spawn(consumer::run(
         config,
@@ -602,9 +602,9 @@ async fn a_dead_letter_kafka_refuses_halts_the_consumer_naming_the_record_and_wh
             .await
             .expect("produce");
         let group = testkit::unique_name("payment-service");
-        let config = ConsumerConfig::new(kafka.bootstrap(), &group, &[&topics.order_created]);
+        let config = ConsumerConfig::new(kafka.connection(), &group, &[&topics.order_created]);
         let policy = DeadLetterPolicy::new(
-            kafka.bootstrap(),
+            kafka.connection(),
             DeadLetterLimit {
                 max_ratio: 1.0,
                 ..DeadLetterLimit::default()
@@ -698,7 +698,7 @@ async fn a_dead_letter_replayed_after_the_gateway_recovers_is_paid_once_however_
         .await;
 
         let all = redrive::read(
-            kafka.bootstrap(),
+            kafka.connection(),
             &dlt,
             &redrive::Filter::default(),
             Duration::from_secs(30),
@@ -721,12 +721,12 @@ async fn a_dead_letter_replayed_after_the_gateway_recovers_is_paid_once_however_
             class: Some("gateway.unavailable".into()),
             ..Default::default()
         };
-        let letters = redrive::read(kafka.bootstrap(), &dlt, &selected, Duration::from_secs(30))
+        let letters = redrive::read(kafka.connection(), &dlt, &selected, Duration::from_secs(30))
             .await
             .expect("read");
         assert_eq!(letters.len(), 3);
         let mut progress = 0;
-        let replayed = redrive::replay(kafka.bootstrap(), &letters, None, |_| progress += 1)
+        let replayed = redrive::replay(kafka.connection(), &letters, None, |_| progress += 1)
             .await
             .expect("replay");
         assert_eq!((replayed, progress), (3, 3));
@@ -737,7 +737,7 @@ async fn a_dead_letter_replayed_after_the_gateway_recovers_is_paid_once_however_
 
         // A second replay changes nothing: once it has been consumed, still three payments
         // and three payment.completed.
-        redrive::replay(kafka.bootstrap(), &letters, None, |_| {})
+        redrive::replay(kafka.connection(), &letters, None, |_| {})
             .await
             .expect("replay again");
         let consumed = 6 + 3 + 3;
@@ -844,10 +844,10 @@ async fn a_batch_the_database_refuses_is_split_until_the_offender_is_alone_and_d
         produce_all(kafka.client(), &topic, &records).await;
 
         let group = testkit::unique_name("notes");
-        let mut config = ConsumerConfig::new(kafka.bootstrap(), &group, &[&topic]);
+        let mut config = ConsumerConfig::new(kafka.connection(), &group, &[&topic]);
         config.batch_size = 40;
-        let policy =
-            DeadLetterPolicy::new(kafka.bootstrap(), DeadLetterLimit::default()).expect("producer");
+        let policy = DeadLetterPolicy::new(kafka.connection(), DeadLetterLimit::default())
+            .expect("producer");
         let stop = CancellationToken::new();
         let handler = Notes {
             pool: db.pool().clone(),
@@ -918,8 +918,8 @@ fn consuming<H: BatchHandler>(
     limit: DeadLetterLimit,
     stop: &CancellationToken,
 ) -> tokio::task::JoinHandle<Result<consumer::Stats, consumer::ConsumerError>> {
-    let config = ConsumerConfig::new(kafka.bootstrap(), group, &[topic]);
-    let policy = DeadLetterPolicy::new(kafka.bootstrap(), limit).expect("producer");
+    let config = ConsumerConfig::new(kafka.connection(), group, &[topic]);
+    let policy = DeadLetterPolicy::new(kafka.connection(), limit).expect("producer");
     tokio::spawn(consumer::run(config, handler, policy, stop.clone()))
 }
 

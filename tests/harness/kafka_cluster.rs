@@ -143,7 +143,7 @@ async fn topics_take_the_brokers_replication_two_in_sync_and_dead_letter_topics_
         let cluster = KafkaCluster::start().await.expect("cluster");
         let kafka = cluster.client();
         let settings = ::kafka::KafkaSettings {
-            kafka_bootstrap: kafka.bootstrap().to_owned(),
+            connection: kafka.connection().clone(),
             topic_prefix: format!("{}.", unique_name("shape")),
             topic_partitions: 6,
             // Unset, as by default: the brokers' default.replication.factor (3 here).

@@ -734,7 +734,7 @@ async fn a_dead_letter_replayed_after_the_gateway_forgot_its_key_is_asked_about_
 
         let payments = payment_service_at(&gateway.url(), kafka.bootstrap(), &prefix).await;
         let letters = redrive::read(
-            kafka.bootstrap(),
+            kafka.connection(),
             &dlt,
             &redrive::Filter::default(),
             Duration::from_secs(30),
@@ -742,7 +742,7 @@ async fn a_dead_letter_replayed_after_the_gateway_forgot_its_key_is_asked_about_
         .await
         .expect("read the DLT");
         assert_eq!(letters.len(), 1);
-        redrive::replay(kafka.bootstrap(), &letters, None, |_| {})
+        redrive::replay(kafka.connection(), &letters, None, |_| {})
             .await
             .expect("replay");
         eventually(MINUTES_2, "the replayed order is paid", || async {

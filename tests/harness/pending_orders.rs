@@ -72,7 +72,7 @@ async fn an_order_left_pending_is_in_the_metrics_and_listed_with_its_dead_letter
         let sources = pending_orders::Sources {
             orders: orders.db.pool(),
             payments: payments_db.pool(),
-            bootstrap: kafka.bootstrap(),
+            kafka: kafka.connection(),
             topics: &topics,
             read_timeout: Duration::from_secs(30),
         };

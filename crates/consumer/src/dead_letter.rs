@@ -68,13 +68,13 @@ pub struct DeadLetterPolicy {
 }
 
 impl DeadLetterPolicy {
-    /// Dead letters written by a reliable producer to `bootstrap`, under `limit`.
+    /// Dead letters written by a reliable producer over `connection`, under `limit`.
     ///
     /// The producer takes records far larger than any a source topic accepts: the size a
     /// dead letter may have is the dead-letter topic's to decide (the services create it
     /// with room for the largest source record plus headers).
-    pub fn new(bootstrap: &str, limit: DeadLetterLimit) -> Result<Self, KafkaError> {
-        let producer = kafka::reliable_producer_config(bootstrap)
+    pub fn new(connection: &kafka::Connection, limit: DeadLetterLimit) -> Result<Self, KafkaError> {
+        let producer = kafka::reliable_producer_config(connection)
             .set("message.max.bytes", MAX_DEAD_LETTER_BYTES)
             .create()?;
         Ok(Self::with_producer(producer, limit))

@@ -116,7 +116,7 @@ impl Group {
     /// A consumer in `config.group_id`, subscribed to `config.topics`, that commits only
     /// the offsets the runner stores.
     pub fn join(config: &ConsumerConfig, stop: CancellationToken) -> Result<Self, ConsumerError> {
-        let consumer: GroupConsumer = kafka::client_config(&config.bootstrap)
+        let consumer: GroupConsumer = kafka::client_config(&config.connection)
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "true")
             .set(

@@ -35,7 +35,7 @@ pub(crate) struct Recent {
 pub(crate) async fn recent(config: &ConsumerConfig, window: usize) -> Result<Recent, String> {
     let config = config.clone();
     let reading = tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = kafka::client_config(&config.bootstrap)
+        let consumer: BaseConsumer = kafka::client_config(&config.connection)
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

@@ -8,7 +8,8 @@ use crate::RetryPolicy;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
-    pub bootstrap: String,
+    /// Where Kafka is and how to talk to it.
+    pub connection: kafka::Connection,
     pub group_id: String,
     pub topics: Vec<String>,
     /// Named in the `dlt-service` header of dead letters.
@@ -36,9 +37,9 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
-    pub fn new(bootstrap: &str, group_id: &str, topics: &[&str]) -> Self {
+    pub fn new(connection: &kafka::Connection, group_id: &str, topics: &[&str]) -> Self {
         Self {
-            bootstrap: bootstrap.to_owned(),
+            connection: connection.clone(),
             group_id: group_id.to_owned(),
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             service: group_id.to_owned(),
@@ -134,12 +135,12 @@ impl ConsumerSettings {
     /// A consumer configuration with these settings, for `service`.
     pub fn config(
         &self,
-        bootstrap: &str,
+        connection: &kafka::Connection,
         service: &str,
         group_id: &str,
         topics: &[&str],
     ) -> ConsumerConfig {
-        let mut config = ConsumerConfig::new(bootstrap, group_id, topics);
+        let mut config = ConsumerConfig::new(connection, group_id, topics);
         config.service = service.to_owned();
         config.batch_size = self.batch_size;
         config.batch_wait = Duration::from_millis(self.batch_wait_ms);

@@ -4,24 +4,22 @@
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::FutureProducer;
 
-use crate::KafkaError;
+use crate::{Connection, KafkaError};
 
-/// The base of every client: the bootstrap servers, IPv4 (brokers here advertise
-/// `127.0.0.1`, and `localhost` may resolve to `::1` first), and a bounded socket timeout.
-pub fn client_config(bootstrap: &str) -> ClientConfig {
+/// The base of every client: a bounded socket timeout, then the [`Connection`] (where,
+/// how securely, and the user's own properties, which may change the timeout).
+pub fn client_config(connection: &Connection) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("broker.address.family", "v4")
-        .set("socket.timeout.ms", "10000");
+    config.set("socket.timeout.ms", "10000");
+    connection.apply(&mut config);
     config
 }
 
 /// The reliable-producer recipe, to adjust before `create()`: what Kafka acknowledged is
 /// on every in-sync replica (`acks=all`) and written once, in order per partition
 /// (idempotence); a record not acknowledged within 30 s fails rather than waits forever.
-pub fn reliable_producer_config(bootstrap: &str) -> ClientConfig {
-    let mut config = client_config(bootstrap);
+pub fn reliable_producer_config(connection: &Connection) -> ClientConfig {
+    let mut config = client_config(connection);
     config
         .set("acks", "all")
         .set("enable.idempotence", "true")
@@ -33,6 +31,6 @@ pub fn reliable_producer_config(bootstrap: &str) -> ClientConfig {
 }
 
 /// A producer made with [`reliable_producer_config`].
-pub fn reliable_producer(bootstrap: &str) -> Result<FutureProducer, KafkaError> {
-    reliable_producer_config(bootstrap).create()
+pub fn reliable_producer(connection: &Connection) -> Result<FutureProducer, KafkaError> {
+    reliable_producer_config(connection).create()
 }

@@ -1,6 +1,8 @@
 //! The Kafka foundation of the platform: everything about talking to Kafka that more than
 //! one crate needs, in one place.
 //!
+//! - [`connection`]: [`Connection`], where Kafka is and how to talk to it (TLS, SASL,
+//!   any further librdkafka property), applied to every client;
 //! - [`client`]: the base client configuration and the **one** reliable-producer recipe
 //!   (`acks=all`, idempotent) that the relay, the dead-letter writer, redrive and the test
 //!   kit all use;
@@ -14,12 +16,14 @@
 //! The consume loop itself lives in the `consumer` crate.
 
 pub mod client;
+pub mod connection;
 pub mod dead_letter;
 pub mod fault;
 pub mod record;
 pub mod topics;
 
 pub use client::{client_config, reliable_producer, reliable_producer_config};
+pub use connection::{Connection, Properties, SaslMechanism, Secret, SecurityProtocol};
 pub use dead_letter::dead_letter_topic;
 pub use fault::{fault_of, Fault};
 pub use record::Record;
@@ -39,4 +43,10 @@ pub enum Error {
     /// Topics a service may not create are missing or fall short (`TOPIC_CREATE=false`).
     #[error("TOPIC_CREATE=false and the topics are not fit to use: {0}")]
     Unfit(String),
+    /// The connection settings do not fit together, or name a file that cannot be read.
+    #[error("Kafka settings: {0}")]
+    Settings(String),
+    /// The brokers did not answer, or refused this client.
+    #[error("cannot reach Kafka at {bootstrap}: {why}")]
+    Unreachable { bootstrap: String, why: String },
 }

@@ -1,5 +1,6 @@
 //! Topics: creating them at start-up (brokers here do not auto-create topics), and the
-//! Kafka settings every service flattens into its command line.
+//! Kafka settings every service flattens into its command line (its [`Connection`] and
+//! the shape of its topics).
 //!
 //! What the platform's topics look like:
 //! - the replication factor is the `TOPIC_REPLICATION` setting, or the brokers'
@@ -25,7 +26,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::{client_config, dead_letter_topic, Error};
+use crate::{client_config, dead_letter_topic, Connection, Error};
 
 /// Room a dead letter needs beyond its source record: the `dlt-*` headers (their
 /// message is bounded).
@@ -34,9 +35,8 @@ pub const DEAD_LETTER_HEADROOM: i64 = 64 * 1024;
 /// Where a service finds Kafka and how the topics it creates are shaped.
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaSettings {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    pub kafka_bootstrap: String,
+    #[command(flatten)]
+    pub connection: Connection,
 
     /// Put before every topic name, to share a cluster between environments.
     #[arg(long, env = "TOPIC_PREFIX", default_value = "")]
@@ -152,7 +152,7 @@ impl KafkaSettings {
         names.extend(sources.iter().map(|s| dead_letter_topic(s)));
         let required = self.requirements();
         if !self.topic_create {
-            let shortfalls = shortfalls(&self.kafka_bootstrap, &names, required).await?;
+            let shortfalls = shortfalls(&self.connection, &names, required).await?;
             if shortfalls.is_empty() {
                 return Ok(shortfalls);
             }
@@ -163,7 +163,7 @@ impl KafkaSettings {
         // Topics created a moment ago may not be known yet to the broker asked.
         let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
         loop {
-            let shortfalls = shortfalls(&self.kafka_bootstrap, &names, required).await?;
+            let shortfalls = shortfalls(&self.connection, &names, required).await?;
             if !shortfalls.iter().any(Shortfall::may_pass)
                 || tokio::time::Instant::now() >= deadline
             {
@@ -183,7 +183,7 @@ impl KafkaSettings {
     /// Creates `sources` and their dead-letter topics if they are missing.
     pub async fn ensure_topics(&self, sources: &[&str]) -> Result<(), Error> {
         ensure_topics(
-            &self.kafka_bootstrap,
+            &self.connection,
             sources,
             self.topic_partitions,
             self.topic_replication,
@@ -200,19 +200,19 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// as the module says. Topics that exist are left as they are. Bounded: fails after 30 s
 /// per call if the brokers do not answer.
 pub async fn ensure_topics(
-    bootstrap: &str,
+    connection: &Connection,
     sources: &[&str],
     partitions: i32,
     replication: Option<i32>,
     dlt_retention_ms: Option<i64>,
 ) -> Result<(), Error> {
-    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+    let admin: AdminClient<DefaultClientContext> = client_config(connection).create()?;
     let options = AdminOptions::new()
         .operation_timeout(Some(ADMIN_TIMEOUT))
         .request_timeout(Some(ADMIN_TIMEOUT));
     let replication = match replication {
         Some(replication) => replication,
-        None => default_replication(bootstrap, &admin, &options).await?,
+        None => default_replication(connection, &admin, &options).await?,
     };
     let min_insync = (replication >= 3).then_some("2");
 
@@ -262,11 +262,11 @@ pub async fn ensure_topics(
 /// How each of `names` falls short of `required`: missing, too few replicas (the fewest
 /// of any partition) or too low a `min.insync.replicas`. Bounded like every admin call.
 pub async fn shortfalls(
-    bootstrap: &str,
+    connection: &Connection,
     names: &[String],
     required: Requirements,
 ) -> Result<Vec<Shortfall>, Error> {
-    let client: BaseConsumer = client_config(bootstrap).create()?;
+    let client: BaseConsumer = client_config(connection).create()?;
     let metadata = tokio::task::spawn_blocking(move || client.fetch_metadata(None, ADMIN_TIMEOUT))
         .await
         .map_err(|e| Error::Config(format!("reading metadata: {e}")))??;
@@ -303,7 +303,7 @@ pub async fn shortfalls(
         return Ok(problems);
     }
 
-    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create()?;
+    let admin: AdminClient<DefaultClientContext> = client_config(connection).create()?;
     let options = AdminOptions::new()
         .operation_timeout(Some(ADMIN_TIMEOUT))
         .request_timeout(Some(ADMIN_TIMEOUT));
@@ -356,11 +356,11 @@ async fn create(
 
 /// The brokers' `default.replication.factor`, read from one of them.
 async fn default_replication(
-    bootstrap: &str,
+    connection: &Connection,
     admin: &AdminClient<DefaultClientContext>,
     options: &AdminOptions,
 ) -> Result<i32, Error> {
-    let client: BaseConsumer = client_config(bootstrap).create()?;
+    let client: BaseConsumer = client_config(connection).create()?;
     let broker = tokio::task::spawn_blocking(move || {
         client
             .fetch_metadata(None, ADMIN_TIMEOUT)

@@ -17,7 +17,7 @@ use sqlx::PgPool;
 pub struct Sources<'a> {
     pub orders: &'a PgPool,
     pub payments: &'a PgPool,
-    pub bootstrap: &'a str,
+    pub kafka: &'a kafka::Connection,
     pub topics: &'a Topics,
     /// Bound on reading each dead-letter topic to its end.
     pub read_timeout: Duration,
@@ -114,7 +114,7 @@ pub async fn find(
         let dlt = kafka::dead_letter_topic(topic);
         progress(&format!("reading {dlt}"));
         let read = redrive::read(
-            sources.bootstrap,
+            sources.kafka,
             &dlt,
             &redrive::Filter::default(),
             sources.read_timeout,

@@ -84,26 +84,26 @@ impl Filter {
 /// selects, in partition and offset order. Commits nothing: reading changes nothing.
 /// Fails if the end is not reached within `timeout`.
 pub async fn read(
-    bootstrap: &str,
+    connection: &kafka::Connection,
     topic: &str,
     filter: &Filter,
     timeout: Duration,
 ) -> Result<Vec<DeadLetter>, RedriveError> {
-    let (bootstrap, topic, filter) = (bootstrap.to_owned(), topic.to_owned(), filter.clone());
-    tokio::task::spawn_blocking(move || read_blocking(&bootstrap, &topic, &filter, timeout))
+    let (connection, topic, filter) = (connection.clone(), topic.to_owned(), filter.clone());
+    tokio::task::spawn_blocking(move || read_blocking(&connection, &topic, &filter, timeout))
         .await
         .map_err(|e| RedriveError::Stopped(e.to_string()))?
 }
 
 fn read_blocking(
-    bootstrap: &str,
+    connection: &kafka::Connection,
     topic: &str,
     filter: &Filter,
     timeout: Duration,
 ) -> Result<Vec<DeadLetter>, RedriveError> {
     let deadline = Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(Instant::now());
-    let consumer: BaseConsumer = kafka::client_config(bootstrap)
+    let consumer: BaseConsumer = kafka::client_config(connection)
         .set("group.id", format!("redrive-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
@@ -210,12 +210,12 @@ pub fn destination(
 /// has acknowledged each one, and calls `progress` after each. Returns how many were
 /// replayed. Stops at the first record Kafka does not accept.
 pub async fn replay(
-    bootstrap: &str,
+    connection: &kafka::Connection,
     letters: &[DeadLetter],
     to: Option<&str>,
     mut progress: impl FnMut(&DeadLetter),
 ) -> Result<u64, RedriveError> {
-    let producer: FutureProducer = kafka::reliable_producer(bootstrap)?;
+    let producer: FutureProducer = kafka::reliable_producer(connection)?;
     // Queued all at once (the idempotent producer keeps their order), acknowledged in turn.
     let mut deliveries = Vec::with_capacity(letters.len());
     for letter in letters {

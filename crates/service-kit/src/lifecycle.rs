@@ -77,6 +77,9 @@ impl Resources {
     /// producer and binds the listener. Fails with a
     /// message naming what could not be reached.
     pub async fn acquire(needs: Needs<'_>) -> anyhow::Result<Self> {
+        let kafka = &needs.kafka.connection;
+        // Said whole on one line: settings that do not fit, or brokers that refuse us.
+        kafka.check().map_err(|e| anyhow::anyhow!("{e}"))?;
         let pool = connect_database(
             needs.database_url,
             needs.db_pool,
@@ -87,6 +90,10 @@ impl Resources {
         .await?;
         // Every platform topic and its dead-letter topic, with the same partitions, so a
         // dead letter keeps its partition number.
+        kafka
+            .reach(KAFKA_REACH_TIMEOUT)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let topics = Topics::with_prefix(&needs.kafka.topic_prefix);
         match needs.kafka.prepare_topics(&topics.all()).await {
             Ok(shortfalls) if !shortfalls.is_empty() => {
@@ -102,8 +109,7 @@ impl Resources {
             Err(e @ kafka::Error::Unfit(_)) => anyhow::bail!("{e}"),
             Err(e) => return Err(e).context("creating topics (KAFKA_BOOTSTRAP)"),
         }
-        let producer = kafka::reliable_producer(&needs.kafka.kafka_bootstrap)
-            .context("creating the Kafka producer")?;
+        let producer = kafka::reliable_producer(kafka).context("creating the Kafka producer")?;
         let listener = TcpListener::bind(needs.listen)
             .await
             .with_context(|| format!("listening on {}", needs.listen))?;
@@ -161,15 +167,18 @@ impl<H: BatchHandler> Application<H> {
         consumes: &[&str],
         (router, handler): (axum::Router, H),
     ) -> anyhow::Result<Self> {
-        let bootstrap = &settings.kafka.kafka_bootstrap;
+        let connection = &settings.kafka.connection;
         Ok(Self {
             name,
             resources,
             router,
-            consumer: settings
-                .consumer
-                .config(bootstrap, name, &settings.consumer_group, consumes),
-            dead_letters: DeadLetterPolicy::new(bootstrap, settings.consumer.dead_letter_limit())
+            consumer: settings.consumer.config(
+                connection,
+                name,
+                &settings.consumer_group,
+                consumes,
+            ),
+            dead_letters: DeadLetterPolicy::new(connection, settings.consumer.dead_letter_limit())
                 .context("creating the dead-letter producer")?,
             retention: settings.retention.clone(),
             cleanups: Vec::new(),
@@ -317,6 +326,10 @@ async fn drain_for(service: &'static str, health: &Health, period: Duration) {
 
 /// How often a halted consumer's reason is logged again.
 pub const HALT_REMINDER: Duration = Duration::from_secs(30);
+
+/// How long a service waits at start for the brokers to answer; a refusal (wrong
+/// credentials, a certificate not trusted) ends the wait at once.
+const KAFKA_REACH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bound on closing the database pool at shutdown.
 const POOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -26,6 +26,7 @@ use crate::images::{kafka_image, KAFKA_LAUNCH_SCRIPT};
 use crate::runtime::{on_testkit, spawn_detached};
 use crate::{names, Error, Result};
 
+use ::kafka::Connection;
 /// A record to produce, or one read back (then with the topic, partition and offset it
 /// was read from): the platform's one owned record type.
 pub use ::kafka::Record;
@@ -63,6 +64,11 @@ impl KafkaBroker {
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap(&self) -> &str {
         self.kafka.bootstrap()
+    }
+
+    /// How the platform's clients reach it (plaintext).
+    pub fn connection(&self) -> &Connection {
+        self.kafka.connection()
     }
 
     /// A broker of the caller's own, removed when dropped: for tests that stop it.
@@ -266,35 +272,44 @@ impl Node {
 /// Helpers bound to one bootstrap address. Every call is bounded in time.
 #[derive(Debug, Clone)]
 pub struct KafkaClient {
-    bootstrap: String,
+    connection: Connection,
 }
 
 impl KafkaClient {
+    /// Plaintext to `bootstrap`.
     pub fn at(bootstrap: impl Into<String>) -> Self {
-        Self {
-            bootstrap: bootstrap.into(),
-        }
+        Self::over(Connection::plaintext(bootstrap))
+    }
+
+    /// Over `connection`, with its security settings.
+    pub fn over(connection: Connection) -> Self {
+        Self { connection }
     }
 
     pub fn bootstrap(&self) -> &str {
-        &self.bootstrap
+        &self.connection.bootstrap
     }
 
-    /// A client configuration with this bootstrap address and bounded timeouts; add to it
-    /// for producers and consumers of your own.
+    /// How the platform's own clients reach these brokers.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// A client configuration with this connection and bounded timeouts; add to it for
+    /// producers and consumers of your own.
     pub fn config(&self) -> ClientConfig {
-        ::kafka::client_config(&self.bootstrap)
+        ::kafka::client_config(&self.connection)
     }
 
     /// The configuration of [`Self::producer`], to adjust before `create()`.
     pub fn producer_config(&self) -> ClientConfig {
-        ::kafka::reliable_producer_config(&self.bootstrap)
+        ::kafka::reliable_producer_config(&self.connection)
     }
 
     /// The platform's reliable producer: it cannot lose or duplicate what the broker
     /// acknowledged (`acks=all`, idempotence on); a record not acknowledged in 30 s fails.
     pub fn producer(&self) -> Result<FutureProducer> {
-        Ok(::kafka::reliable_producer(&self.bootstrap)?)
+        Ok(::kafka::reliable_producer(&self.connection)?)
     }
 
     /// Creates a topic and waits until every partition has a leader.
@@ -669,7 +684,7 @@ impl KafkaClient {
             };
             if started.elapsed() > timeout {
                 return Err(Error::NotReady {
-                    what: format!("{what} at {}", self.bootstrap),
+                    what: format!("{what} at {}", self.connection.bootstrap),
                     waited: started.elapsed(),
                     last,
                 });

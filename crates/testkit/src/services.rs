@@ -9,7 +9,7 @@ pub fn test_config<C: ServiceConfig>(database_url: &str, bootstrap: &str, prefix
     let mut config = C::load_from([C::NAMING.consumer_group]);
     let service = config.service_mut();
     service.database_url = database_url.to_owned();
-    service.kafka.kafka_bootstrap = bootstrap.to_owned();
+    service.kafka.connection = ::kafka::Connection::plaintext(bootstrap);
     service.kafka.topic_prefix = prefix.to_owned();
     service.listen = ([127, 0, 0, 1], 0).into();
     service.shutdown_drain_secs = 0;

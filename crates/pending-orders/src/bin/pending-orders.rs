@@ -29,8 +29,9 @@ struct Args {
         default_value = "postgres://orders:orders@127.0.0.1:5432/payments"
     )]
     payment_database_url: String,
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    kafka_bootstrap: String,
+    /// Where Kafka is and how to reach it (the services' KAFKA_* variables).
+    #[command(flatten)]
+    kafka: kafka::Connection,
     #[arg(long, env = "TOPIC_PREFIX", default_value = "")]
     topic_prefix: String,
     /// Bound on reading each dead-letter topic, in seconds.
@@ -41,6 +42,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    args.kafka.check()?;
     let connect = |url: String, what: &'static str| async move {
         PgPoolOptions::new()
             .max_connections(2)
@@ -63,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     let sources = pending_orders::Sources {
         orders: &orders,
         payments: &payments,
-        bootstrap: &args.kafka_bootstrap,
+        kafka: &args.kafka,
         topics: &topics,
         read_timeout: Duration::from_secs(args.read_timeout_secs),
     };

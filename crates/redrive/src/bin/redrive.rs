@@ -23,14 +23,9 @@ use redrive::{DeadLetter, Filter};
         redrive replay order.created.DLT --partition 2 --from-offset 10 --to-offset 20"
 )]
 struct Cli {
-    /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        env = "KAFKA_BOOTSTRAP",
-        default_value = "127.0.0.1:9092",
-        global = true
-    )]
-    bootstrap: String,
+    /// Where Kafka is and how to reach it (the services' KAFKA_* variables).
+    #[command(flatten)]
+    kafka: kafka::Connection,
 
     /// Longest time to read a dead-letter topic to its end, in seconds.
     #[arg(long, default_value_t = 30, global = true)]
@@ -104,19 +99,15 @@ async fn main() -> anyhow::Result<()> {
             to,
         } => (selection, Some((*dry_run, to.as_deref()))),
     };
-    let letters = redrive::read(
-        &cli.bootstrap,
-        &selection.topic,
-        &selection.filter(),
-        timeout,
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "reading {} (KAFKA_BOOTSTRAP={})",
-            selection.topic, cli.bootstrap
-        )
-    })?;
+    cli.kafka.check()?;
+    let letters = redrive::read(&cli.kafka, &selection.topic, &selection.filter(), timeout)
+        .await
+        .with_context(|| {
+            format!(
+                "reading {} (KAFKA_BOOTSTRAP={})",
+                selection.topic, cli.kafka.bootstrap
+            )
+        })?;
     print_summary(&selection.topic, &letters);
     match (&cli.command, replay) {
         (Command::List(_), _) => print_lines(&letters),
@@ -140,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
                 ProgressStyle::with_template("{bar:40} {pos}/{len} replayed {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
-            let replayed = redrive::replay(&cli.bootstrap, &letters, to, |_| bar.inc(1)).await?;
+            let replayed = redrive::replay(&cli.kafka, &letters, to, |_| bar.inc(1)).await?;
             bar.finish();
             println!("replayed {replayed} of {}", letters.len());
         }
