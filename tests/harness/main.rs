@@ -9,6 +9,7 @@ mod gateway_double;
 mod http_bounds;
 mod kafka_cluster;
 mod kafka_roundtrip;
+mod kafka_security;
 mod no_engine;
 mod order_flow;
 mod orders_api;

@@ -406,21 +406,16 @@ impl Connection {
                     .client()
                     .fetch_metadata(None, Duration::from_millis(500));
                 client.poll(Duration::ZERO);
-                let seen = client
-                    .context()
-                    .last
-                    .lock()
-                    .map(|l| l.clone())
-                    .unwrap_or(None);
+                let (refusal, last) = client.context().seen();
                 let unreachable = |why: String| Error::Unreachable {
                     bootstrap: bootstrap.clone(),
                     why,
                 };
-                match (attempt, seen) {
-                    (Ok(metadata), _) if !metadata.brokers().is_empty() => return Ok(()),
-                    (_, Some((code, reason))) if refused(code) => return Err(unreachable(reason)),
-                    (attempt, seen) if started.elapsed() >= limit => {
-                        let why = seen.map(|(_, reason)| reason).unwrap_or_else(|| {
+                match attempt {
+                    Ok(metadata) if !metadata.brokers().is_empty() => return Ok(()),
+                    _ if refusal.is_some() => return Err(unreachable(refusal.unwrap_or_default())),
+                    attempt if started.elapsed() >= limit => {
+                        let why = last.unwrap_or_else(|| {
                             attempt
                                 .err()
                                 .map_or("no broker answered".into(), |e| e.to_string())
@@ -452,26 +447,43 @@ fn readable(name: &str, path: &Path) -> Result<(), Error> {
         .map_err(|e| Error::Settings(format!("{name}={}: {e}", path.display())))
 }
 
-/// Errors a retry does not cure: the brokers refused this client.
-fn refused(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
+/// Errors a retry does not cure: the brokers refused this client. A TLS alert from the
+/// broker (a client certificate required, a protocol refused) arrives as a transport
+/// failure whose reason is OpenSSL's.
+fn refused(code: RDKafkaErrorCode, reason: &str) -> bool {
+    match code {
         RDKafkaErrorCode::Authentication
-            | RDKafkaErrorCode::SaslAuthenticationFailed
-            | RDKafkaErrorCode::SSL
-    )
+        | RDKafkaErrorCode::SaslAuthenticationFailed
+        | RDKafkaErrorCode::SSL => true,
+        RDKafkaErrorCode::BrokerTransportFailure => reason.contains("SSL routines::"),
+        _ => false,
+    }
 }
 
-/// Remembers the last error the client reported, for [`Connection::reach`].
+/// What the client reported, for [`Connection::reach`]: the first refusal, and the last
+/// error that says more than "all brokers are down".
 #[derive(Default)]
 struct Witness {
-    last: Mutex<Option<(RDKafkaErrorCode, String)>>,
+    seen: Mutex<(Option<String>, Option<String>)>,
+}
+
+impl Witness {
+    fn seen(&self) -> (Option<String>, Option<String>) {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
 }
 
 impl ClientContext for Witness {
     fn error(&self, error: KafkaError, reason: &str) {
-        if let (Some(code), Ok(mut last)) = (error.rdkafka_error_code(), self.last.lock()) {
-            *last = Some((code, reason.to_owned()));
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        match error.rdkafka_error_code() {
+            Some(code) if refused(code, reason) => {
+                seen.0.get_or_insert_with(|| reason.to_owned());
+            }
+            Some(RDKafkaErrorCode::AllBrokersDown) => {}
+            _ => seen.1 = Some(reason.to_owned()),
         }
     }
 }

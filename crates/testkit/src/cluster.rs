@@ -91,6 +91,7 @@ impl KafkaCluster {
                 replication: BROKERS as u16,
                 min_insync: 2,
                 cluster_id: cluster_id.clone(),
+                secure: None,
             });
         }
 

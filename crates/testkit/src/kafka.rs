@@ -149,6 +149,7 @@ async fn start_single_broker_once() -> Result<KafkaBroker> {
         replication: 1,
         min_insync: 1,
         cluster_id: new_cluster_id(),
+        secure: None,
     };
     let image = kafka_image();
     // Readiness is judged by the broker answering metadata requests, not by its log:
@@ -191,32 +192,63 @@ pub(crate) struct Node {
     pub replication: u16,
     pub min_insync: u16,
     pub cluster_id: String,
+    /// TLS and SASL listeners in place of the plaintext one for clients.
+    pub secure: Option<SecureListeners>,
 }
+
+/// A node's client listeners when they are secured: SASL_SSL (SCRAM) on one port, mutual
+/// TLS on another, and the broker properties and SCRAM users that make them.
+pub(crate) struct SecureListeners {
+    /// The 127.0.0.1 port of the SASL_SSL listener.
+    pub sasl_ssl_port: u16,
+    /// The 127.0.0.1 port of the mutual-TLS listener.
+    pub mtls_port: u16,
+    /// Further broker properties, one per line (certificates and JAAS configuration).
+    pub properties: String,
+    /// `kafka-storage format --add-scram` arguments, separated by `;`.
+    pub scram_users: String,
+}
+
+/// Where the secure listeners listen inside the container.
+pub(crate) const SASL_SSL_PORT: u16 = 9094;
+pub(crate) const MTLS_PORT: u16 = 9095;
 
 impl Node {
     /// The container request for this node, optionally on a user-defined network.
     pub(crate) fn request(&self, network: Option<&str>) -> ContainerRequest<GenericImage> {
         let image = kafka_image();
+        let internal = format!("INTERNAL://{}:19092", self.hostname);
+        let (listeners, advertised, protocols, ports) = match &self.secure {
+            None => (
+                format!("EXTERNAL://:{CLIENT_PORT},INTERNAL://:19092,CONTROLLER://:9093"),
+                format!("EXTERNAL://127.0.0.1:{},{internal}", self.host_port),
+                "EXTERNAL:PLAINTEXT,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT".to_owned(),
+                vec![(CLIENT_PORT, self.host_port)],
+            ),
+            Some(secure) => (
+                format!(
+                    "SECURE://:{SASL_SSL_PORT},MTLS://:{MTLS_PORT},INTERNAL://:19092,\
+                     CONTROLLER://:9093"
+                ),
+                format!(
+                    "SECURE://127.0.0.1:{},MTLS://127.0.0.1:{},{internal}",
+                    secure.sasl_ssl_port, secure.mtls_port
+                ),
+                "SECURE:SASL_SSL,MTLS:SSL,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT".to_owned(),
+                vec![
+                    (SASL_SSL_PORT, secure.sasl_ssl_port),
+                    (MTLS_PORT, secure.mtls_port),
+                ],
+            ),
+        };
         let env = [
             ("CLUSTER_ID", self.cluster_id.clone()),
             ("KAFKA_HEAP_OPTS", "-Xmx256m -Xms256m".into()),
             ("KAFKA_CFG_NODE_ID", self.node_id.to_string()),
             ("KAFKA_CFG_PROCESS_ROLES", "broker,controller".into()),
-            (
-                "KAFKA_CFG_LISTENERS",
-                format!("EXTERNAL://:{CLIENT_PORT},INTERNAL://:19092,CONTROLLER://:9093"),
-            ),
-            (
-                "KAFKA_CFG_ADVERTISED_LISTENERS",
-                format!(
-                    "EXTERNAL://127.0.0.1:{},INTERNAL://{}:19092",
-                    self.host_port, self.hostname
-                ),
-            ),
-            (
-                "KAFKA_CFG_LISTENER_SECURITY_PROTOCOL_MAP",
-                "EXTERNAL:PLAINTEXT,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT".into(),
-            ),
+            ("KAFKA_CFG_LISTENERS", listeners),
+            ("KAFKA_CFG_ADVERTISED_LISTENERS", advertised),
+            ("KAFKA_CFG_LISTENER_SECURITY_PROTOCOL_MAP", protocols),
             ("KAFKA_CFG_INTER_BROKER_LISTENER_NAME", "INTERNAL".into()),
             ("KAFKA_CFG_CONTROLLER_LISTENER_NAMES", "CONTROLLER".into()),
             ("KAFKA_CFG_CONTROLLER_QUORUM_VOTERS", self.voters.clone()),
@@ -253,19 +285,27 @@ impl Node {
                 self.min_insync.to_string(),
             ),
         ];
-        let mut request = GenericImage::new(image.name, image.tag)
-            .with_exposed_port(ContainerPort::Tcp(CLIENT_PORT))
+        let mut image = GenericImage::new(image.name, image.tag);
+        for (container, _) in &ports {
+            image = image.with_exposed_port(ContainerPort::Tcp(*container));
+        }
+        let mut request = image
             .with_cmd(["bash", "-c", KAFKA_LAUNCH_SCRIPT])
             .with_startup_timeout(STARTUP_TIMEOUT);
         for (name, value) in env {
             request = request.with_env_var(name, value);
+        }
+        if let Some(secure) = &self.secure {
+            request = request
+                .with_env_var("KAFKA_EXTRA_PROPERTIES", secure.properties.clone())
+                .with_env_var("KAFKA_SCRAM_USERS", secure.scram_users.clone());
         }
         if let Some(network) = network {
             request = request
                 .with_network(network)
                 .with_container_name(self.hostname.clone());
         }
-        bind_loopback(labelled(request), &[(CLIENT_PORT, self.host_port)])
+        bind_loopback(labelled(request), &ports)
     }
 }
 

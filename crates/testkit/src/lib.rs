@@ -14,6 +14,8 @@
 //! - [`names`]: unique topic, group and database names, so tests never share state.
 //! - [`services`]: the platform's services as tests configure them.
 //! - [`process`]: a service run as an OS process (exit status, signals, its log).
+//! - [`secure_kafka`]: a broker that speaks only SASL_SSL and mutual TLS, and [`tls`]:
+//!   the certificates made for it (and for PostgreSQL with `ssl=on`) at test time.
 //!
 //! **External mode**: when `OP_DATABASE_URL` and `OP_KAFKA_BOOTSTRAP` are both set,
 //! [`postgres::server`] and [`kafka::broker`] start nothing and use those servers.
@@ -34,7 +36,9 @@ pub mod names;
 pub mod postgres;
 pub mod process;
 pub mod runtime;
+pub mod secure_kafka;
 pub mod services;
+pub mod tls;
 
 pub use crate::kafka::{KafkaBroker, Record};
 pub use cluster::{ClusterBroker, KafkaCluster};
