@@ -18,4 +18,5 @@ mod outbox_relay;
 mod payment_gateway;
 mod pending_orders;
 mod postgres_isolation;
+mod postgres_tls;
 mod shutdown;

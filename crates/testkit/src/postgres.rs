@@ -17,6 +17,7 @@ use tokio::sync::OnceCell;
 use crate::engine::{self, bind_loopback, labelled};
 use crate::images::postgres_image;
 use crate::runtime::{on_testkit, spawn_detached};
+use crate::tls::Pem;
 use crate::{names, Error, Result};
 
 const USER: &str = "postgres";
@@ -67,7 +68,7 @@ impl PostgresServer {
                 _container: None,
             });
         }
-        on_testkit(Self::start_container(0, false)).await
+        on_testkit(Self::start_container(0, false, None)).await
     }
 
     /// A server of the caller's own, removed when dropped: for tests that stop it. Its
@@ -75,21 +76,21 @@ impl PostgresServer {
     /// [`Self::start`]. Needs a container engine, also in external mode.
     pub async fn dedicated() -> Result<Self> {
         let port = engine::free_port()?;
-        on_testkit(Self::start_container(port, false)).await
+        on_testkit(Self::start_container(port, false, None)).await
     }
 
     /// A server of the caller's own with PostgreSQL's durability settings (`fsync`,
     /// `synchronous_commit`, `full_page_writes` on), for benchmarks whose numbers must
     /// hold in production. Removed when dropped.
     pub async fn durable() -> Result<Self> {
-        on_testkit(Self::start_container(0, true)).await
+        on_testkit(Self::start_container(0, true, None)).await
     }
 
     /// A durable server (see [`Self::durable`]) on a fixed host port, so its address stays
     /// the same across [`Self::kill`] and [`Self::start`]: for failure drills.
     pub async fn durable_dedicated() -> Result<Self> {
         let port = engine::free_port()?;
-        on_testkit(Self::start_container(port, true)).await
+        on_testkit(Self::start_container(port, true, None)).await
     }
 
     /// Sends SIGKILL to the server: it dies at once, as in a crash, and recovers from its
@@ -119,22 +120,59 @@ impl PostgresServer {
         })
     }
 
-    /// `port` 0 lets the engine choose the host port; `durable` keeps `fsync` on.
-    async fn start_container(port: u16, durable: bool) -> Result<Self> {
+    /// A server of the caller's own with `ssl=on`, presenting `certificate` (which should
+    /// name `127.0.0.1`), that still accepts connections without TLS.
+    pub async fn with_tls(certificate: &Pem) -> Result<Self> {
+        let certificate = certificate.clone();
+        on_testkit(async move { Self::start_container(0, false, Some(&certificate)).await }).await
+    }
+
+    /// `port` 0 lets the engine choose the host port; `durable` keeps `fsync` on; `tls`
+    /// turns `ssl` on with that certificate.
+    async fn start_container(port: u16, durable: bool, tls: Option<&Pem>) -> Result<Self> {
         engine::docker().await?;
         let image = postgres_image();
-        let request = Postgres::default()
+        // fsync off: these are throw-away databases. Benchmarks that need durability
+        // start their own server (`durable`).
+        let mut settings = vec![
+            "-c".to_owned(),
+            format!("fsync={}", if durable { "on" } else { "off" }),
+            "-c".to_owned(),
+            "max_connections=500".to_owned(),
+        ];
+        let mut request = Postgres::default()
             .with_name(image.name.clone())
             .with_tag(image.tag.clone())
-            // fsync off: these are throw-away databases. Benchmarks that need durability
-            // start their own server (`durable`).
-            .with_cmd([
-                "-c",
-                if durable { "fsync=on" } else { "fsync=off" },
-                "-c",
-                "max_connections=500",
-            ])
             .with_startup_timeout(STARTUP_TIMEOUT);
+        match tls {
+            None => request = request.with_cmd(settings),
+            Some(pem) => {
+                // The entrypoint runs any other command as it is: this one writes the key
+                // where only the server's user can read it, then starts the server.
+                settings.extend(
+                    [
+                        "ssl=on",
+                        "ssl_cert_file=/tmp/tls/server.pem",
+                        "ssl_key_file=/tmp/tls/server.key",
+                    ]
+                    .into_iter()
+                    .flat_map(|s| ["-c".to_owned(), s.to_owned()]),
+                );
+                let script = format!(
+                    "set -e; install -d -o postgres -m 700 /tmp/tls; \
+                     printf '%s' \"$TLS_CERTIFICATE\" > /tmp/tls/server.pem; \
+                     printf '%s' \"$TLS_KEY\" > /tmp/tls/server.key; \
+                     chown postgres /tmp/tls/server.pem /tmp/tls/server.key; \
+                     chmod 600 /tmp/tls/server.key; \
+                     exec docker-entrypoint.sh postgres {}",
+                    settings.join(" ")
+                );
+                request = request
+                    .with_cmd(["bash".to_owned(), "-c".to_owned(), script])
+                    .with_env_var("TLS_CERTIFICATE", pem.certificate.clone())
+                    .with_env_var("TLS_KEY", pem.key.clone());
+            }
+        }
         let request = bind_loopback(labelled(request), &[(5432, port)]);
         let container = request.start().await.map_err(|source| Error::Start {
             what: "PostgreSQL".into(),
