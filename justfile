@@ -93,6 +93,11 @@ test *ARGS:
 k8s-check:
     scripts/k8s-check.sh
 
+# Licenses, sources, duplicate versions and security advisories of every dependency (cargo deny, deny.toml)
+[group('test')]
+supply-chain:
+    scripts/supply-chain.sh
+
 # The whole stack from docker-compose.yml, services included: healthy, serving, paying an order
 [group('test')]
 stack-check:
