@@ -42,6 +42,11 @@ impl Message {
         self.trace.as_ref().map_or("-", |t| t.trace_id.as_str())
     }
 
+    /// This service's span id of the message's trace, or `-`, for log lines.
+    pub fn span_id(&self) -> &str {
+        self.trace.as_ref().map_or("-", |t| t.span_id.as_str())
+    }
+
     /// The correlation id, or `-`, for log lines.
     pub fn correlation(&self) -> &str {
         self.correlation_id.as_deref().unwrap_or("-")

@@ -252,7 +252,7 @@ impl<H: BatchHandler> Runner<H> {
         tracing::warn!(
             topic = %message.topic, partition = message.partition, offset = message.offset,
             key = %message.key_text(), correlation_id = message.correlation(),
-            trace_id = message.trace_id(), class = %failure.class, reason = %failure.message,
+            trace_id = message.trace_id(), span_id = message.span_id(), class = %failure.class, reason = %failure.message,
             attempt, "message failed; retrying"
         );
     }

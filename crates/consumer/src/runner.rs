@@ -3,8 +3,9 @@
 //! commit and close.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
+use events::spans::{Attribute, Kind};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -87,13 +88,17 @@ impl<H: BatchHandler> Runner<H> {
                 size = batch.len(),
             );
             let started = Instant::now();
+            let started_at = SystemTime::now();
             self.count_consumed(&batch);
             let step = self.process(&mut batch).instrument(span).await;
             self.group.release();
             metrics::histogram!("consumer_batch_duration_seconds", "group" => self.config.group_id.clone())
                 .record(started.elapsed().as_secs_f64());
             match step {
-                Ok(true) => self.store_offsets(&batch),
+                Ok(true) => {
+                    self.store_offsets(&batch);
+                    self.record_hops(&batch, started_at);
+                }
                 // Stopped before the batch was settled: its offsets stay uncommitted.
                 Ok(false) => break Ok(()),
                 Err(error) => break Err(error),
@@ -223,6 +228,30 @@ impl<H: BatchHandler> Runner<H> {
         }
     }
 
+    /// Each settled message's hop of its trace, from the batch's start until now.
+    fn record_hops(&self, batch: &[Message], started_at: SystemTime) {
+        if !events::spans::exporting() {
+            return;
+        }
+        for message in batch {
+            let Some(trace) = &message.trace else {
+                continue;
+            };
+            let name = format!("consume {}", message.topic);
+            trace.record(name, Kind::Consumer, started_at, || {
+                vec![
+                    Attribute::new("messaging.destination.name", message.topic.clone()),
+                    Attribute::new("messaging.kafka.partition", i64::from(message.partition)),
+                    Attribute::new("messaging.kafka.offset", message.offset),
+                    Attribute::new(
+                        "messaging.consumer.group.name",
+                        self.config.group_id.clone(),
+                    ),
+                ]
+            });
+        }
+    }
+
     fn count_dead_letter(&mut self, message: &Message, letter: &DeadLetter) {
         let class = &letter.failure.class;
         *self.stats.dead_lettered.entry(class.clone()).or_default() += 1;
@@ -230,7 +259,7 @@ impl<H: BatchHandler> Runner<H> {
         tracing::warn!(
             topic = %message.topic, partition = message.partition, offset = message.offset,
             key = %message.key_text(), correlation_id = message.correlation(),
-            trace_id = message.trace_id(), class = %class,
+            trace_id = message.trace_id(), span_id = message.span_id(), class = %class,
             reason = %letter.failure.message, attempts = letter.attempts, "dead-lettered"
         );
     }

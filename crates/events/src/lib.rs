@@ -11,6 +11,7 @@ pub mod envelope;
 pub mod headers;
 pub mod money;
 pub mod payloads;
+pub mod spans;
 pub mod topics;
 pub mod trace;
 

@@ -22,6 +22,8 @@ pub struct TraceContext {
     pub trace_id: String,
     /// 16 lowercase hex digits, this hop's own.
     pub span_id: String,
+    /// The hop this one continues (the span id of the `traceparent` it came with), if any.
+    pub parent_span_id: Option<String>,
     /// The W3C flags (`01` sampled).
     pub flags: String,
     /// The request that started the flow.
@@ -34,6 +36,7 @@ impl TraceContext {
         Self {
             trace_id: random_hex(32),
             span_id: random_hex(16),
+            parent_span_id: None,
             flags: "01".into(),
             request_id: request_id
                 .and_then(valid_request_id)
@@ -46,9 +49,10 @@ impl TraceContext {
     /// new one.
     pub fn from_request(traceparent: Option<&str>, request_id: Option<&str>) -> Self {
         match traceparent.and_then(parse_traceparent) {
-            Some((trace_id, flags)) => Self {
+            Some((trace_id, parent, flags)) => Self {
                 trace_id,
                 span_id: random_hex(16),
+                parent_span_id: Some(parent),
                 flags,
                 request_id: request_id
                     .and_then(valid_request_id)
@@ -61,16 +65,34 @@ impl TraceContext {
     /// The context carried by an event's headers, continued as a new hop; `None` when
     /// the event carries no valid `traceparent` (it came from elsewhere).
     pub fn from_headers(traceparent: Option<&str>, request_id: Option<&str>) -> Option<Self> {
-        let (trace_id, flags) = traceparent.and_then(parse_traceparent)?;
+        let (trace_id, parent, flags) = traceparent.and_then(parse_traceparent)?;
         Some(Self {
             trace_id,
             span_id: random_hex(16),
+            parent_span_id: Some(parent),
             flags,
             request_id: request_id
                 .and_then(valid_request_id)
                 .unwrap_or("-")
                 .to_owned(),
         })
+    }
+
+    /// The next hop of this flow: the same trace and request, a span of its own whose
+    /// parent is this one.
+    pub fn child(&self) -> Self {
+        Self {
+            trace_id: self.trace_id.clone(),
+            span_id: random_hex(16),
+            parent_span_id: Some(self.span_id.clone()),
+            flags: self.flags.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
+
+    /// Whether the flow is sampled (W3C flag `01`): only sampled hops are exported.
+    pub fn sampled(&self) -> bool {
+        u8::from_str_radix(&self.flags, 16).is_ok_and(|f| f & 1 == 1)
     }
 
     /// The `traceparent` value naming this hop as the parent of the next.
@@ -87,8 +109,8 @@ impl TraceContext {
     }
 }
 
-/// `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero → (trace id, flags).
-fn parse_traceparent(value: &str) -> Option<(String, String)> {
+/// `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero → (trace id, parent id, flags).
+fn parse_traceparent(value: &str) -> Option<(String, String, String)> {
     let mut parts = value.trim().split('-');
     let (version, trace_id, parent_id, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -103,7 +125,7 @@ fn parse_traceparent(value: &str) -> Option<(String, String)> {
         && hex(parent_id, 16)
         && parent_id.bytes().any(|b| b != b'0')
         && hex(flags, 2);
-    ok.then(|| (trace_id.to_owned(), flags.to_owned()))
+    ok.then(|| (trace_id.to_owned(), parent_id.to_owned(), flags.to_owned()))
 }
 
 /// 1 to [`MAX_REQUEST_ID`] visible ASCII characters.

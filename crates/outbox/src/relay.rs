@@ -15,8 +15,11 @@
 //!   one that freezes delays only its slots, for at most its lease.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use events::spans::{Attribute, Kind};
+use events::trace::TRACEPARENT;
+use events::TraceContext;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -97,6 +100,9 @@ struct Pending {
     payload: Vec<u8>,
     headers: serde_json::Value,
     attempts: i32,
+    /// The relay's own hop of the row's trace, once sent.
+    #[sqlx(skip)]
+    hop: Option<TraceContext>,
 }
 
 /// A row's send, with its result.
@@ -318,13 +324,15 @@ impl Relay {
         }
     }
 
-    fn send(&mut self, row: Pending) {
+    fn send(&mut self, mut row: Pending) {
         self.busy.insert(row.message_key.clone(), None);
         self.in_flight.insert(row.id);
+        let mut headers = kafka_headers(&row.headers);
+        row.hop = publish_hop(&mut headers);
         let record = Record {
             key: Some(row.message_key.clone().into_bytes()),
             payload: Some(row.payload.clone()),
-            headers: kafka_headers(&row.headers),
+            headers,
             ..Record::default()
         };
         let queued = self
@@ -413,6 +421,20 @@ impl Relay {
                     .increment(1);
                 metrics::histogram!("outbox_publish_duration_seconds")
                     .record(sent.elapsed().as_secs_f64());
+                if let Some(hop) = &row.hop {
+                    let started = SystemTime::now() - sent.elapsed();
+                    hop.record(
+                        format!("publish {}", row.topic),
+                        Kind::Producer,
+                        started,
+                        || {
+                            vec![
+                                Attribute::new("messaging.destination.name", row.topic.clone()),
+                                Attribute::new("outbox.id", row.id),
+                            ]
+                        },
+                    );
+                }
                 self.busy.remove(&row.message_key);
                 self.acked.push(row.id);
                 self.acked_since.get_or_insert_with(Instant::now);
@@ -570,6 +592,15 @@ fn is_unreachable(error: &KafkaError) -> bool {
                     | C::QueueFull
             )
         )
+}
+
+/// The relay's hop: a child of the `traceparent` the row was queued with, which the
+/// record carries in its place, so the consumer's hop is the publish's child.
+fn publish_hop(headers: &mut [(String, Vec<u8>)]) -> Option<TraceContext> {
+    let (_, value) = headers.iter_mut().find(|(name, _)| name == TRACEPARENT)?;
+    let hop = TraceContext::from_headers(std::str::from_utf8(value).ok(), None)?;
+    *value = hop.traceparent().into_bytes();
+    Some(hop)
 }
 
 /// The headers of an outbox row (a JSON object of name → text) as Kafka headers.

@@ -20,8 +20,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use consumer::{class, Failure, Outcome};
+use events::spans::{Attribute, Kind};
+use events::TraceContext;
 use futures::StreamExt;
 use uuid::Uuid;
 
@@ -37,6 +40,8 @@ pub struct Order {
     pub request: ChargeRequest,
     /// Replayed from a dead-letter topic: ask before charging.
     pub redriven: bool,
+    /// The charge's hop of the order's trace (a child of its consume), if it has one.
+    pub trace: Option<TraceContext>,
 }
 
 /// The gateway, and what this process remembers of its answers.
@@ -115,6 +120,26 @@ impl Charging {
     /// One order: asked about first if it was replayed; charged; asked about if the
     /// charge's outcome is unknown.
     async fn charge_one(&self, order: &Order) -> Result<Charge, GatewayError> {
+        let started = SystemTime::now();
+        let result = self.charge_or_ask(order).await;
+        if let Some(trace) = &order.trace {
+            trace.record("charge", Kind::Client, started, || {
+                vec![
+                    Attribute::new("order.id", order.request.order_id.to_string()),
+                    Attribute::new(
+                        "charge.outcome",
+                        match &result {
+                            Ok(charge) => format!("{:?}", charge.status()),
+                            Err(error) => error.to_string(),
+                        },
+                    ),
+                ]
+            });
+        }
+        result
+    }
+
+    async fn charge_or_ask(&self, order: &Order) -> Result<Charge, GatewayError> {
         let id = order.request.order_id;
         if order.redriven {
             if let Some(charge) = self.gateway.inquire(id).await? {

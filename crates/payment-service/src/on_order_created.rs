@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet};
 
 use consumer::{BatchError, BatchHandler, Failure, Message, Outcome};
-use events::{Envelope, OrderCreated};
+use events::{Envelope, OrderCreated, TraceContext};
 use outbox::Outbox;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -73,10 +73,18 @@ impl BatchHandler for OnOrderCreated {
             HashSet::new()
         };
 
+        // Each charge is a hop of its order's trace, and its payment event continues it.
+        let hops: HashMap<Uuid, TraceContext> = orders
+            .iter()
+            .filter_map(|(index, e)| {
+                Some((e.payload.order_id, batch[*index].trace.as_ref()?.child()))
+            })
+            .collect();
         let to_charge = orders
             .iter()
             .filter(|(_, e)| !paid.contains(&e.payload.order_id))
             .map(|(index, e)| charging::Order {
+                trace: hops.get(&e.payload.order_id).cloned(),
                 request: ChargeRequest {
                     order_id: e.payload.order_id,
                     amount: e.payload.amount,
@@ -100,7 +108,9 @@ impl BatchHandler for OnOrderCreated {
                     charged.push(NewPayment {
                         event,
                         charge: charge.clone(),
-                        trace: batch[*index].trace.as_ref(),
+                        trace: hops
+                            .get(&event.payload.order_id)
+                            .or(batch[*index].trace.as_ref()),
                     });
                 }
                 Some(Err(outcome)) => outcomes[*index] = outcome.clone(),

@@ -16,13 +16,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use events::spans::{self, Attribute as KeyValue};
 use events::TraceContext;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -85,13 +86,31 @@ async fn bounded(State(bounds): State<Bounds>, mut request: Request, next: Next)
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let trace = {
+    let mut trace = {
         let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
         TraceContext::from_request(
             header(events::trace::TRACEPARENT),
             header(events::trace::REQUEST_ID),
         )
     };
+    // The API's requests are the flow's first hop; probes and scrapes are not exported.
+    let hop = (!route.starts_with("/health") && route != "/metrics").then(|| {
+        trace.begin(
+            format!("{method} {route}"),
+            spans::Kind::Server,
+            SystemTime::now(),
+            vec![
+                KeyValue::new("http.request.method", method.clone()),
+                KeyValue::new("http.route", route.clone()),
+            ],
+        )
+    });
+    if let Some(hop) = &hop {
+        // A new trace is sampled as the sampler decided; a continued one, as its caller did.
+        if spans::exporting() && trace.parent_span_id.is_none() && !hop.sampled() {
+            trace.flags = "00".into();
+        }
+    }
     let span = tracing::info_span!(
         "http",
         service = bounds.service,
@@ -99,6 +118,7 @@ async fn bounded(State(bounds): State<Bounds>, mut request: Request, next: Next)
         %route,
         request_id = %trace.request_id,
         trace_id = %trace.trace_id,
+        span_id = %trace.span_id,
     );
     request.extensions_mut().insert(trace.clone());
 
@@ -137,6 +157,13 @@ async fn bounded(State(bounds): State<Bounds>, mut request: Request, next: Next)
         if let Ok(value) = HeaderValue::from_str(&value) {
             response.headers_mut().insert(name, value);
         }
+    }
+    if let Some(mut hop) = hop {
+        hop.set([KeyValue::new(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        )]);
+        hop.end();
     }
     let status = response.status().as_u16().to_string();
     metrics::counter!("http_requests_total", "service" => bounds.service, "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);

@@ -12,17 +12,22 @@
 //!   migrations) and Kafka (creating the topics) at start-up, and the [`Application`]:
 //!   the HTTP API, the outbox relay and the consumer, run as one unit that starts and
 //!   stops together;
-//! - [`init_tracing`]: log lines to stderr, as text or JSON, filtered by `RUST_LOG`;
+//! - [`init_tracing`]: log lines to stderr, as text or JSON (with `trace_id` and
+//!   `span_id` at the top level), filtered by `RUST_LOG`;
+//! - [`telemetry`]: the flow's spans exported over OTLP, when `OTEL_EXPORTER_OTLP_ENDPOINT`
+//!   is set;
 //! - [`shutdown_signal`]: Ctrl-C or SIGTERM.
 
 pub mod db_failure;
 pub mod health;
 pub mod http;
 pub mod lifecycle;
+mod log_lines;
 pub mod metrics;
 pub mod paging;
 pub mod problem;
 pub mod settings;
+pub mod telemetry;
 
 pub use http::HttpSettings;
 
@@ -96,10 +101,14 @@ where
         LogFormat::Text => Box::new(builder.with_ansi(std::io::stderr().is_terminal()).finish()),
         LogFormat::Json => Box::new(
             builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_span_list(true)
+                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                .event_format(log_lines::TopLevelTrace(
+                    tracing_subscriber::fmt::format()
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(false)
+                        .with_span_list(true),
+                ))
                 .finish(),
         ),
     }
