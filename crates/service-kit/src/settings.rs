@@ -166,7 +166,9 @@ pub fn named(command: Command, naming: &Naming) -> Command {
             Box::leak(format!("{}_{}", naming.prefix, id.to_uppercase()).into_boxed_str());
         command = command.mut_arg(id, |arg| arg.env(variable));
     }
+    let examples: &'static str = Box::leak(examples(naming).into_boxed_str());
     command
+        .after_help(examples)
         .mut_arg("listen", |a| a.required(false).default_value(naming.listen))
         .mut_arg("database_url", |a| {
             a.required(false)
@@ -176,6 +178,28 @@ pub fn named(command: Command, naming: &Naming) -> Command {
         .mut_arg("consumer_group", |a| {
             a.required(false).default_value(naming.consumer_group)
         })
+}
+
+/// `--help`'s closing examples: a managed Kafka, a PostgreSQL that requires TLS, traces.
+fn examples(naming: &Naming) -> String {
+    let database = format!("{}_DATABASE_URL", naming.prefix);
+    format!(
+        "Examples:\n\
+         \n  A managed Kafka (SASL_SSL with SCRAM; the password is never logged):\n    \
+         KAFKA_BOOTSTRAP=b-1.kafka.example.net:9096,b-2.kafka.example.net:9096\n    \
+         KAFKA_SECURITY_PROTOCOL=SASL_SSL  KAFKA_SASL_MECHANISM=SCRAM-SHA-512\n    \
+         KAFKA_SASL_USERNAME=orders  KAFKA_SASL_PASSWORD=…\n    \
+         KAFKA_SSL_CA_LOCATION=/etc/order-platform/kafka-ca.pem   (when the CA is not a system one)\n\
+         \n  Mutual TLS instead: KAFKA_SECURITY_PROTOCOL=SSL with KAFKA_SSL_CERTIFICATE_LOCATION and\n  \
+         KAFKA_SSL_KEY_LOCATION. Any other librdkafka property, for every client:\n    \
+         KAFKA_PROPERTIES=client.rack=eu1,socket.keepalive.enable=true\n\
+         \n  A PostgreSQL that requires TLS (sslmode and sslrootcert in the URL):\n    \
+         {database}='postgres://orders:…@db.example.net:5432/{db}?sslmode=verify-full&sslrootcert=/etc/order-platform/db-ca.pem'\n\
+         \n  Traces over OTLP/HTTP (nothing is exported unless the endpoint is set):\n    \
+         OTEL_EXPORTER_OTLP_ENDPOINT=http://otel-collector:4318\n    \
+         and OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG), OTEL_EXPORTER_OTLP_HEADERS",
+        db = naming.consumer_group.trim_end_matches("-service").to_owned() + "s",
+    )
 }
 
 impl ServiceSettings {
