@@ -84,7 +84,7 @@ impl Bench {
             .create_topic(&topics.order_created, 6, 1)
             .await
             .expect("topic");
-        let records = support::order_created(EVENTS);
+        let records = testkit::scenario::order_created(EVENTS);
         kafka
             .produce_all(&topics.order_created, &records)
             .await

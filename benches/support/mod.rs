@@ -9,11 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use events::{Currency, OrderCreated};
+use testkit::kafka::KafkaClient;
 use testkit::postgres::PostgresServer;
-use testkit::{kafka::KafkaClient, Record};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 /// The servers every benchmark runs on: the test kit's single broker, and a PostgreSQL
 /// with durability on (`fsync` and synchronous commit), as in production.
@@ -79,20 +77,6 @@ where
         worker.await.expect("worker");
     }
     started.elapsed()
-}
-
-/// `count` valid `order.created` events, keyed by order, with varied amounts.
-pub fn order_created(count: usize) -> Vec<Record> {
-    (0..count)
-        .map(|i| {
-            let order_id = Uuid::now_v7();
-            let amount = format!("{}.{:02}", 1 + i % 1000, i % 100)
-                .parse()
-                .expect("amount");
-            let event = OrderCreated::event(order_id, amount, Currency::USD);
-            Record::new(serde_json::to_vec(&event).expect("json")).key(order_id.to_string())
-        })
-        .collect()
 }
 
 /// Counts what a run settles and times it from the first settled to the `target`th, so

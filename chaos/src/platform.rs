@@ -157,10 +157,6 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(testkit::engine::free_port()?)
-}
-
 /// How long the stand-in gateway takes to answer a charge, as a card network does: long
 /// enough that charges are in flight when a drill kills or moves a payment-service.
 const CHARGE_DELAY: Duration = Duration::from_millis(30);
@@ -241,7 +237,7 @@ impl Platform {
             Kind::Order => self.orders.len(),
             Kind::Payment => self.payments.len(),
         };
-        let port = free_port()?;
+        let port = testkit::engine::free_port()?;
         let mut env = vec![
             ("KAFKA_BOOTSTRAP".to_owned(), bootstrap.to_owned()),
             ("TOPIC_PREFIX".to_owned(), prefix.to_owned()),

@@ -20,13 +20,13 @@ use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, Tes
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use wiremock::ResponseTemplate;
+use wiremock::{MockServer, ResponseTemplate};
 
 use crate::gateway_double::{answer_charges, answer_charges_containing, approved, gateway};
 use crate::helpers::{
-    dead_letters, eventually, fresh_database, header_text, key_text, order_created_records,
-    payment_config, payment_service, produce_all, records_on, running_payment_service,
-    topic_prefix, until_committed, within, RunningService, MINUTES_2, MINUTES_5,
+    dead_letters, eventually, fresh_database, header_text, key_text, payment_config,
+    payment_service, produce_all, records_on, running_payment_service, topic_prefix,
+    until_committed, within, RunningService, MINUTES_2, MINUTES_5,
 };
 
 /// A good order.created event, as JSON to mutate into poison.
@@ -270,7 +270,7 @@ async fn check_poison_mix(kafka: &testkit::kafka::KafkaClient, case: usize, item
         .enumerate()
         .map(|(i, (item, key))| {
             let record = match item {
-                Item::Good => order_created_records(1).remove(0),
+                Item::Good => testkit::scenario::order_created(1).remove(0),
                 Item::Poison(payload) => Record {
                     payload: payload.clone(),
                     ..Record::default()
@@ -554,7 +554,7 @@ async fn a_poison_record_near_the_brokers_size_limit_is_dead_lettered_whole() {
         // Accepted by the broker (its limit is 1048588 bytes) but over the producer
         // default of 1000000 bytes once the diagnostic headers are added.
         let big = Record::new(vec![b'x'; 1_010_000]).key("big");
-        let good = order_created_records(3);
+        let good = testkit::scenario::order_created(3);
         let producer = kafka
             .client()
             .producer_config()
@@ -644,49 +644,118 @@ async fn a_dead_letter_kafka_refuses_halts_the_consumer_naming_the_record_and_wh
     .await;
 }
 
+/// Three orders the gateway cannot charge now, among two it can, and one poison record, on
+/// a topic of their own; payment-service started on it with one attempt per message.
+/// Returns the three, their topics and the service.
+async fn three_unchargeable_among_five(
+    kafka: &testkit::KafkaBroker,
+    gateway: &MockServer,
+) -> (Vec<Record>, Topics, RunningService) {
+    // Three orders the gateway cannot charge now, among two it can, and one poison
+    // record, all in the service's first batch: those three fail while others go
+    // through, so they are retried, then dead-lettered.
+    let prefix = topic_prefix();
+    let topics = Topics::with_prefix(&prefix);
+    kafka
+        .client()
+        .create_topic(&topics.order_created, 6, 1)
+        .await
+        .expect("topic");
+    let records = testkit::scenario::order_created(3);
+    for record in &records {
+        answer_charges_containing(
+            gateway,
+            &key_text(record),
+            ResponseTemplate::new(503),
+            None,
+        )
+        .await;
+    }
+    answer_charges(gateway, approved()).await;
+    let mut all = records.clone();
+    all.extend(testkit::scenario::order_created(2));
+    // One poison record too: a replay by class must leave it where it is.
+    all.push(Record::new("garbage").key("g"));
+    produce_all(kafka.client(), &topics.order_created, &all).await;
+    // The premise, made sure of: the service waits for its first batch to fill, so
+    // all six are in it (taken as they come, two of the failing three could make a
+    // batch of their own, and a batch whose every message fails is an outage).
+    let db = fresh_database().await;
+    let mut config = payment_config(&db, kafka.bootstrap(), &prefix, Some(&gateway.uri()));
+    config.service.consumer.batch_wait_ms = 1000;
+    // One attempt: a failure counts while the gateway answers the others of the batch,
+    // so the three are dead-lettered at once rather than after later traffic.
+    config.service.consumer.max_attempts = 1;
+    let payments = running_payment_service(db, config).await;
+
+    (records, topics, payments)
+}
+
+/// Replays `letters` twice; the second replay changes nothing once consumed.
+async fn a_second_replay_changes_nothing(
+    kafka: &testkit::KafkaBroker,
+    (topics, dlt): (&Topics, &str),
+    records: &[Record],
+    letters: &[redrive::DeadLetter],
+    payments: &RunningService,
+) {
+    // A second replay changes nothing: once it has been consumed, still three payments
+    // and three payment.completed.
+    redrive::replay(kafka.connection(), letters, None, |_| {})
+        .await
+        .expect("replay again");
+    let consumed = 6 + 3 + 3;
+    until_committed(
+        kafka.client(),
+        &payments.group,
+        &topics.order_created,
+        consumed,
+        MINUTES_2,
+        "the second replay consumed",
+    )
+    .await;
+    assert_eq!(payments.count("payments").await, 5);
+    assert_eq!(payments.count("outbox").await, 5);
+    eventually(MINUTES_2, "five payment.completed published", || async {
+        records_on(kafka.client(), &topics.payment_completed).await == 5
+    })
+    .await;
+    assert_eq!(
+        records_on(kafka.client(), dlt).await,
+        4,
+        "nothing dead-lettered again"
+    );
+    let replayed = kafka
+        .client()
+        .read_all(&topics.order_created, MINUTES_2)
+        .await
+        .expect("source");
+    assert_eq!(replayed.len(), 12, "six produced, three replayed twice");
+    let redriven: Vec<&Record> = replayed
+        .iter()
+        .filter(|r| r.header_value(redrive::REDRIVEN_FROM).is_some())
+        .collect();
+    assert_eq!(redriven.len(), 6);
+    assert!(redriven.iter().all(|r| r
+        .headers
+        .iter()
+        .all(|(n, _)| !n.starts_with(headers::PREFIX))));
+    assert!(records.iter().all(|r| redriven
+        .iter()
+        .filter(|d| d.payload == r.payload && d.key == r.key)
+        .count()
+        == 2));
+}
+
 #[tokio::test]
 async fn a_dead_letter_replayed_after_the_gateway_recovers_is_paid_once_however_often_it_is_replayed(
 ) {
     within(MINUTES_5, async {
         let kafka = testkit::kafka::broker().await.expect("kafka");
-        // Three orders the gateway cannot charge now, among two it can, and one poison
-        // record, all in the service's first batch: those three fail while others go
-        // through, so they are retried, then dead-lettered.
+        // All six in the service's first batch: the three fail while others go through,
+        // so they are retried, then dead-lettered.
         let gateway = gateway().await;
-        let prefix = topic_prefix();
-        let topics = Topics::with_prefix(&prefix);
-        kafka
-            .client()
-            .create_topic(&topics.order_created, 6, 1)
-            .await
-            .expect("topic");
-        let records = order_created_records(3);
-        for record in &records {
-            answer_charges_containing(
-                &gateway,
-                &key_text(record),
-                ResponseTemplate::new(503),
-                None,
-            )
-            .await;
-        }
-        answer_charges(&gateway, approved()).await;
-        let mut all = records.clone();
-        all.extend(order_created_records(2));
-        // One poison record too: a replay by class must leave it where it is.
-        all.push(Record::new("garbage").key("g"));
-        produce_all(kafka.client(), &topics.order_created, &all).await;
-        // The premise, made sure of: the service waits for its first batch to fill, so
-        // all six are in it (taken as they come, two of the failing three could make a
-        // batch of their own, and a batch whose every message fails is an outage).
-        let db = fresh_database().await;
-        let mut config = payment_config(&db, kafka.bootstrap(), &prefix, Some(&gateway.uri()));
-        config.service.consumer.batch_wait_ms = 1000;
-        // One attempt: a failure counts while the gateway answers the others of the batch,
-        // so the three are dead-lettered at once rather than after later traffic.
-        config.service.consumer.max_attempts = 1;
-        let payments = running_payment_service(db, config).await;
-
+        let (records, topics, payments) = three_unchargeable_among_five(kafka, &gateway).await;
         let dlt = kafka::dead_letter_topic(&topics.order_created);
         eventually(MINUTES_2, "all four dead-lettered", || async {
             records_on(kafka.client(), &dlt).await == 4
@@ -735,52 +804,8 @@ async fn a_dead_letter_replayed_after_the_gateway_recovers_is_paid_once_however_
         })
         .await;
 
-        // A second replay changes nothing: once it has been consumed, still three payments
-        // and three payment.completed.
-        redrive::replay(kafka.connection(), &letters, None, |_| {})
-            .await
-            .expect("replay again");
-        let consumed = 6 + 3 + 3;
-        until_committed(
-            kafka.client(),
-            &payments.group,
-            &topics.order_created,
-            consumed,
-            MINUTES_2,
-            "the second replay consumed",
-        )
-        .await;
-        assert_eq!(payments.count("payments").await, 5);
-        assert_eq!(payments.count("outbox").await, 5);
-        eventually(MINUTES_2, "five payment.completed published", || async {
-            records_on(kafka.client(), &topics.payment_completed).await == 5
-        })
-        .await;
-        assert_eq!(
-            records_on(kafka.client(), &dlt).await,
-            4,
-            "nothing dead-lettered again"
-        );
-        let replayed = kafka
-            .client()
-            .read_all(&topics.order_created, MINUTES_2)
-            .await
-            .expect("source");
-        assert_eq!(replayed.len(), 12, "six produced, three replayed twice");
-        let redriven: Vec<&Record> = replayed
-            .iter()
-            .filter(|r| r.header_value(redrive::REDRIVEN_FROM).is_some())
-            .collect();
-        assert_eq!(redriven.len(), 6);
-        assert!(redriven.iter().all(|r| r
-            .headers
-            .iter()
-            .all(|(n, _)| !n.starts_with(headers::PREFIX))));
-        assert!(records.iter().all(|r| redriven
-            .iter()
-            .filter(|d| d.payload == r.payload && d.key == r.key)
-            .count()
-            == 2));
+        a_second_replay_changes_nothing(kafka, (&topics, &dlt), &records, &letters, &payments)
+            .await;
     })
     .await;
 }

@@ -324,34 +324,7 @@ impl RunningService {
     }
 }
 
-/// Polls `check` every 200 ms until it holds, or panics after `limit` saying `what`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = std::time::Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// `count` distinct order.created events, as the order-service would publish them.
-pub fn order_created_records(count: usize) -> Vec<testkit::Record> {
-    (0..count)
-        .map(|i| {
-            let order_id = uuid::Uuid::now_v7();
-            let event = events::OrderCreated::event(
-                order_id,
-                format!("{}.50", 1 + i).parse().expect("amount"),
-                events::Currency::USD,
-            );
-            testkit::Record::new(serde_json::to_vec(&event).expect("json"))
-                .key(order_id.to_string())
-        })
-        .collect()
-}
+pub use testkit::eventually;
 
 /// Produces `records` to `topic`, in order, each acknowledged.
 pub async fn produce_all(

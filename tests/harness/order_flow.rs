@@ -11,8 +11,8 @@ use testkit::{kafka, Record};
 use uuid::Uuid;
 
 use crate::helpers::{
-    eventually, order_created_records, order_service, payment_service, payment_service_on,
-    topic_prefix, until_committed, within, RunningService, MINUTES_5, SECONDS_30,
+    eventually, order_service, payment_service, payment_service_on, topic_prefix, until_committed,
+    within, RunningService, MINUTES_5, SECONDS_30,
 };
 
 async fn paid_orders(orders: &RunningService) -> i64 {
@@ -117,7 +117,7 @@ async fn duplicated_and_replayed_events_pay_each_order_once() {
 
         // Each event delivered twice, as a producer retry or a relay crash would do.
         let producer = client.producer().expect("producer");
-        for record in order_created_records(50) {
+        for record in testkit::scenario::order_created(50) {
             for _ in 0..2 {
                 kafka::produce_with(&producer, &topics.order_created, &record)
                     .await
@@ -216,7 +216,7 @@ async fn a_shutdown_under_load_commits_exactly_what_it_processed_and_a_restart_f
             .create_topic(&topics.order_created, 6, 1)
             .await
             .expect("topic");
-        let records = order_created_records(3000);
+        let records = testkit::scenario::order_created(3000);
         let written = client
             .produce_all(&topics.order_created, &records)
             .await
@@ -407,7 +407,7 @@ async fn duplicated_and_replayed_events_ask_the_remote_gateway_once_per_order() 
                 .await;
 
         // Each event delivered twice, as a producer retry or a relay crash would do.
-        let records = order_created_records(50);
+        let records = testkit::scenario::order_created(50);
         let twice: Vec<Record> = records
             .iter()
             .flat_map(|r| [r.clone(), r.clone()])

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{
     eventually, fresh_database, order_api, order_config, running_order_service, topic_prefix,
-    within, MINUTES_2, SECONDS_30,
+    within, RunningService, MINUTES_2, SECONDS_30,
 };
 
 #[tokio::test]
@@ -75,158 +75,200 @@ async fn amounts_are_kept_exactly() {
     .await;
 }
 
+/// A bad request body: what it is, the body, its content type, the status it must get and
+/// what the problem's detail must say.
+type BadBody = (&'static str, String, &'static str, u16, &'static str);
+
+fn bad_bodies() -> Vec<BadBody> {
+    let json = "application/json";
+    vec![
+        ("malformed JSON", r#"{"amount": 1"#.into(), json, 400, "EOF"),
+        (
+            "not JSON at all",
+            "amount=1".into(),
+            json,
+            400,
+            "expected value",
+        ),
+        (
+            "wrong content type",
+            r#"{"amount": 1}"#.into(),
+            "text/plain",
+            415,
+            "application/json",
+        ),
+        (
+            "missing amount",
+            r#"{"currency": "USD"}"#.into(),
+            json,
+            422,
+            "missing field `amount`",
+        ),
+        (
+            "extra field",
+            r#"{"amount": 1, "note": "x"}"#.into(),
+            json,
+            422,
+            "unknown field `note`",
+        ),
+        (
+            "zero",
+            r#"{"amount": 0}"#.into(),
+            json,
+            422,
+            "greater than zero",
+        ),
+        (
+            "negative",
+            r#"{"amount": -5}"#.into(),
+            json,
+            422,
+            "greater than zero",
+        ),
+        (
+            "too large",
+            r#"{"amount": 1000000.01}"#.into(),
+            json,
+            422,
+            "at most 1000000.00",
+        ),
+        (
+            "three decimals",
+            r#"{"amount": 1.005}"#.into(),
+            json,
+            422,
+            "two decimal places",
+        ),
+        (
+            "amount as text",
+            r#"{"amount": "lots"}"#.into(),
+            json,
+            422,
+            "JSON number",
+        ),
+        (
+            "amount as a string of digits",
+            r#"{"amount": "+5"}"#.into(),
+            json,
+            422,
+            "not a string",
+        ),
+        (
+            "amount as bool",
+            r#"{"amount": true}"#.into(),
+            json,
+            422,
+            "JSON number",
+        ),
+        (
+            "amount given twice",
+            r#"{"amount": 1, "amount": 2}"#.into(),
+            json,
+            422,
+            "duplicate field `amount`",
+        ),
+        (
+            "currency given twice",
+            r#"{"amount": 1, "currency": "EUR", "currency": "USD"}"#.into(),
+            json,
+            422,
+            "duplicate field `currency`",
+        ),
+        (
+            "exponent too large",
+            r#"{"amount": 1e400}"#.into(),
+            json,
+            422,
+            "at most 1000000.00",
+        ),
+        (
+            "unknown currency",
+            r#"{"amount": 1, "currency": "XYZ"}"#.into(),
+            json,
+            422,
+            "unknown currency",
+        ),
+        (
+            "array body",
+            r#"[5, "USD"]"#.into(),
+            json,
+            422,
+            "expected a JSON object",
+        ),
+        (
+            "oversized body",
+            format!(r#"{{"amount": 1, "pad": "{}"}}"#, "x".repeat(20_000)),
+            json,
+            413,
+            "at most",
+        ),
+    ]
+}
+
+/// `response` is an RFC 9457 problem with `status`, our problem type, and a detail that
+/// says `says`.
+async fn assert_refused_readably(case: &str, response: reqwest::Response, status: u16, says: &str) {
+    assert_eq!(response.status().as_u16(), status, "{case}");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json",
+        "{case}"
+    );
+    let problem: Value = response.json().await.expect("problem json");
+    assert_eq!(problem["status"], json!(status), "{case}");
+    let kind = problem["type"].as_str().unwrap_or_default();
+    assert!(
+        kind.starts_with("urn:order-platform:problem:"),
+        "{case}: {kind}"
+    );
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(says),
+        "{case}: {detail:?} should say {says:?}"
+    );
+}
+
+/// A valid order after bad requests: once its event is on the topic, anything the bad
+/// requests had queued would be there before it. Exactly one record, and it is this
+/// order's.
+async fn only_the_valid_orders_event_is_published(service: &RunningService) {
+    let good = service.post_order(&json!({"amount": 3.5}), None).await;
+    assert_eq!(good.status(), 201);
+    let good: Value = good.json().await.expect("json");
+    let kafka = testkit::kafka::broker().await.expect("kafka").client();
+    crate::helpers::eventually(MINUTES_2, "the valid order's event published", || async {
+        kafka
+            .record_count(&service.topics.order_created)
+            .await
+            .unwrap_or(0)
+            > 0
+    })
+    .await;
+    let published = kafka
+        .read_all(&service.topics.order_created, MINUTES_2)
+        .await
+        .expect("read");
+    assert_eq!(published.len(), 1, "nothing published for the bad requests");
+    let event: Value =
+        serde_json::from_slice(published[0].payload.as_deref().unwrap_or_default()).expect("event");
+    assert_eq!(event["payload"]["order_id"], good["id"]);
+    assert_eq!(service.row_counts().await, (1, 1), "one order, one event");
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_readable_4xx_and_leaves_nothing_behind() {
     within(MINUTES_2, async {
         let service = order_api().await;
-        let json = "application/json";
-        let cases: Vec<(&str, String, &str, u16, &str)> = vec![
-            ("malformed JSON", r#"{"amount": 1"#.into(), json, 400, "EOF"),
-            (
-                "not JSON at all",
-                "amount=1".into(),
-                json,
-                400,
-                "expected value",
-            ),
-            (
-                "wrong content type",
-                r#"{"amount": 1}"#.into(),
-                "text/plain",
-                415,
-                "application/json",
-            ),
-            (
-                "missing amount",
-                r#"{"currency": "USD"}"#.into(),
-                json,
-                422,
-                "missing field `amount`",
-            ),
-            (
-                "extra field",
-                r#"{"amount": 1, "note": "x"}"#.into(),
-                json,
-                422,
-                "unknown field `note`",
-            ),
-            (
-                "zero",
-                r#"{"amount": 0}"#.into(),
-                json,
-                422,
-                "greater than zero",
-            ),
-            (
-                "negative",
-                r#"{"amount": -5}"#.into(),
-                json,
-                422,
-                "greater than zero",
-            ),
-            (
-                "too large",
-                r#"{"amount": 1000000.01}"#.into(),
-                json,
-                422,
-                "at most 1000000.00",
-            ),
-            (
-                "three decimals",
-                r#"{"amount": 1.005}"#.into(),
-                json,
-                422,
-                "two decimal places",
-            ),
-            (
-                "amount as text",
-                r#"{"amount": "lots"}"#.into(),
-                json,
-                422,
-                "JSON number",
-            ),
-            (
-                "amount as a string of digits",
-                r#"{"amount": "+5"}"#.into(),
-                json,
-                422,
-                "not a string",
-            ),
-            (
-                "amount as bool",
-                r#"{"amount": true}"#.into(),
-                json,
-                422,
-                "JSON number",
-            ),
-            (
-                "amount given twice",
-                r#"{"amount": 1, "amount": 2}"#.into(),
-                json,
-                422,
-                "duplicate field `amount`",
-            ),
-            (
-                "currency given twice",
-                r#"{"amount": 1, "currency": "EUR", "currency": "USD"}"#.into(),
-                json,
-                422,
-                "duplicate field `currency`",
-            ),
-            (
-                "exponent too large",
-                r#"{"amount": 1e400}"#.into(),
-                json,
-                422,
-                "at most 1000000.00",
-            ),
-            (
-                "unknown currency",
-                r#"{"amount": 1, "currency": "XYZ"}"#.into(),
-                json,
-                422,
-                "unknown currency",
-            ),
-            (
-                "array body",
-                r#"[5, "USD"]"#.into(),
-                json,
-                422,
-                "expected a JSON object",
-            ),
-            (
-                "oversized body",
-                format!(r#"{{"amount": 1, "pad": "{}"}}"#, "x".repeat(20_000)),
-                json,
-                413,
-                "at most",
-            ),
-        ];
-        for (case, body, content_type, status, says) in cases {
+        for (case, body, content_type, status, says) in bad_bodies() {
             let response = service.post_raw(body, content_type, None).await;
-            assert_eq!(response.status().as_u16(), status, "{case}");
-            assert_eq!(
-                response.headers()["content-type"],
-                "application/problem+json",
-                "{case}"
-            );
-            let problem: Value = response.json().await.expect("problem json");
-            assert_eq!(problem["status"], json!(status), "{case}");
-            let kind = problem["type"].as_str().unwrap_or_default();
-            assert!(
-                kind.starts_with("urn:order-platform:problem:"),
-                "{case}: {kind}"
-            );
-            let detail = problem["detail"].as_str().unwrap_or_default();
-            assert!(
-                detail.contains(says),
-                "{case}: {detail:?} should say {says:?}"
-            );
+            assert_refused_readably(case, response, status, says).await;
         }
         // Idempotency-Keys outside the documented pattern.
         let long = "k".repeat(256);
         for key in ["with\ttab", long.as_str()] {
-            let response = service.post_raw(r#"{"amount": 1}"#, json, Some(key)).await;
+            let response = service
+                .post_raw(r#"{"amount": 1}"#, "application/json", Some(key))
+                .await;
             assert_eq!(response.status(), 400, "Idempotency-Key {key:?}");
             let problem: Value = response.json().await.expect("problem json");
             let detail = problem["detail"].as_str().unwrap_or_default();
@@ -237,31 +279,7 @@ async fn bad_input_gets_a_readable_4xx_and_leaves_nothing_behind() {
             (0, 0),
             "no order row and no event"
         );
-        // A valid order after them: once its event is on the topic, anything the bad
-        // requests had queued would be there before it. Exactly one record, and it is
-        // this order's.
-        let good = service.post_order(&json!({"amount": 3.5}), None).await;
-        assert_eq!(good.status(), 201);
-        let good: Value = good.json().await.expect("json");
-        let kafka = testkit::kafka::broker().await.expect("kafka").client();
-        crate::helpers::eventually(MINUTES_2, "the valid order's event published", || async {
-            kafka
-                .record_count(&service.topics.order_created)
-                .await
-                .unwrap_or(0)
-                > 0
-        })
-        .await;
-        let published = kafka
-            .read_all(&service.topics.order_created, MINUTES_2)
-            .await
-            .expect("read");
-        assert_eq!(published.len(), 1, "nothing published for the bad requests");
-        let event: Value =
-            serde_json::from_slice(published[0].payload.as_deref().unwrap_or_default())
-                .expect("event");
-        assert_eq!(event["payload"]["order_id"], good["id"]);
-        assert_eq!(service.row_counts().await, (1, 1), "one order, one event");
+        only_the_valid_orders_event_is_published(&service).await;
     })
     .await;
 }

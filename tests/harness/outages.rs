@@ -12,9 +12,8 @@ use wiremock::MockServer;
 
 use crate::gateway_double::{answer_charges, approved, gateway};
 use crate::helpers::{
-    eventually, fresh_database, order_created_records, payment_config, produce_all, records_on,
-    running_payment_service, topic_prefix, until_committed, within, RunningService, MINUTES_2,
-    MINUTES_5,
+    eventually, fresh_database, payment_config, produce_all, records_on, running_payment_service,
+    topic_prefix, until_committed, within, RunningService, MINUTES_2, MINUTES_5,
 };
 
 const OUTAGE: Duration = Duration::from_secs(20);
@@ -109,13 +108,23 @@ async fn postgres_down_for_20_seconds_mid_stream_dead_letters_nothing_and_loses_
         let config = slow_config(&db, kafka.bootstrap(), &gateway);
         let mut payments = running_payment_service(db, config).await;
         let topic = payments.topics.order_created.clone();
-        produce_all(kafka.client(), &topic, &order_created_records(FIRST)).await;
+        produce_all(
+            kafka.client(),
+            &topic,
+            &testkit::scenario::order_created(FIRST),
+        )
+        .await;
 
         mid_stream(&payments).await;
         assert_eq!(payments.readiness().await.0, 200, "ready before");
         postgres.stop().await.expect("stop PostgreSQL");
         // The stream goes on while the database is down.
-        produce_all(kafka.client(), &topic, &order_created_records(DURING)).await;
+        produce_all(
+            kafka.client(),
+            &topic,
+            &testkit::scenario::order_created(DURING),
+        )
+        .await;
         // Not ready, naming the database, while it is down.
         let down = payments
             .until_readiness(503, crate::helpers::SECONDS_30)
@@ -160,14 +169,24 @@ async fn kafka_down_for_20_seconds_mid_stream_dead_letters_nothing_and_loses_not
         let config = slow_config(&db, broker.bootstrap(), &gateway);
         let mut payments = running_payment_service(db, config).await;
         let topic = payments.topics.order_created.clone();
-        produce_all(broker.client(), &topic, &order_created_records(FIRST)).await;
+        produce_all(
+            broker.client(),
+            &topic,
+            &testkit::scenario::order_created(FIRST),
+        )
+        .await;
 
         mid_stream(&payments).await;
         // No controlled shutdown: the broker dies at once, as a crash would have it.
         broker.kill().await.expect("SIGKILL Kafka");
         tokio::time::sleep(OUTAGE).await;
         broker.start().await.expect("start Kafka");
-        produce_all(broker.client(), &topic, &order_created_records(DURING)).await;
+        produce_all(
+            broker.client(),
+            &topic,
+            &testkit::scenario::order_created(DURING),
+        )
+        .await;
 
         all_processed_nothing_dead_lettered(broker.client(), &payments).await;
         until_committed(

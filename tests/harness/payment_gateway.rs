@@ -16,9 +16,9 @@ use crate::gateway_double::{
     payment_service_through, post_orders, stand_in,
 };
 use crate::helpers::{
-    dead_letters, eventually, fresh_database, header_text, key_text, order_created_records,
-    order_service, payment_config, produce_all, records_on, running_payment_service, topic_prefix,
-    within, RunningService, MINUTES_2, MINUTES_5,
+    dead_letters, eventually, fresh_database, header_text, key_text, order_service, payment_config,
+    produce_all, records_on, running_payment_service, topic_prefix, within, RunningService,
+    MINUTES_2, MINUTES_5,
 };
 
 /// `records` on a fresh `prefix` topic, then payment-service charging through `gateway`:
@@ -277,7 +277,7 @@ async fn a_charge_whose_answer_is_lost_is_learned_by_asking_and_never_made_twice
 async fn a_charge_in_progress_elsewhere_waits_without_using_an_attempt_and_is_paid_once() {
     within(MINUTES_2, async {
         let kafka = testkit::kafka::broker().await.expect("kafka");
-        let records = order_created_records(1);
+        let records = testkit::scenario::order_created(1);
         let order_id = key_text(&records[0]);
         let gateway = gateway().await;
         let in_progress =
@@ -309,7 +309,7 @@ async fn a_charge_in_progress_elsewhere_waits_without_using_an_attempt_and_is_pa
 async fn a_gateway_error_then_success_is_retried_and_charges_once() {
     within(MINUTES_2, async {
         let kafka = testkit::kafka::broker().await.expect("kafka");
-        let records = order_created_records(1);
+        let records = testkit::scenario::order_created(1);
         let order_id = key_text(&records[0]);
         let gateway = gateway().await;
         answer_charges_containing(&gateway, &order_id, ResponseTemplate::new(500), Some(1)).await;
@@ -364,7 +364,7 @@ async fn a_charge_the_gateway_refuses_is_dead_lettered_at_once() {
         produce_all(
             kafka.client(),
             &payments.topics.order_created,
-            &order_created_records(1),
+            &testkit::scenario::order_created(1),
         )
         .await;
 
@@ -459,7 +459,7 @@ async fn a_gateway_outage_longer_than_the_poll_interval_keeps_the_group_and_char
         let kafka = testkit::kafka::broker().await.expect("kafka");
         let gateway = stand_in().await;
         gateway.set_fault(Fault::Unavailable);
-        let records = order_created_records(5);
+        let records = testkit::scenario::order_created(5);
         let prefix = topic_prefix();
         let topics = events::Topics::with_prefix(&prefix);
         kafka
@@ -510,7 +510,7 @@ async fn a_decline_reason_the_database_cannot_store_is_cleaned_and_every_order_s
     within(MINUTES_2, async {
         let kafka = testkit::kafka::broker().await.expect("kafka");
         let gateway = gateway().await;
-        let records = order_created_records(4);
+        let records = testkit::scenario::order_created(4);
         let odd = key_text(&records[1]);
         // U+0000 cannot be stored in a TEXT column; control characters are removed.
         answer_charges_containing(&gateway, &odd, declined("card\u{0} blocked\u{7}"), None).await;
@@ -540,7 +540,7 @@ async fn an_answer_larger_than_the_limit_is_not_read_and_the_gateway_is_asked_wh
     within(MINUTES_2, async {
         let kafka = testkit::kafka::broker().await.expect("kafka");
         let gateway = gateway().await;
-        let records = order_created_records(4);
+        let records = testkit::scenario::order_created(4);
         let huge = key_text(&records[2]);
         let body = format!(
             r#"{{"status": "approved", "reference": "{}"}}"#,
@@ -594,7 +594,7 @@ async fn a_gateway_over_https_with_a_private_ca_is_trusted_only_with_that_ca() {
         let db = fresh_database().await;
         let config = payment_config(&db, kafka.bootstrap(), &prefix, Some(&gateway.url()));
         let untrusting = running_payment_service(db, config).await.ready().await;
-        let records = order_created_records(1);
+        let records = testkit::scenario::order_created(1);
         produce_all(kafka.client(), &untrusting.topics.order_created, &records).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(gateway.requests().is_empty(), "no request got through TLS");
@@ -643,7 +643,7 @@ async fn instances_added_and_removed_mid_flow_never_charge_one_key_concurrently_
         let mut first = instance(db.shared()).await;
         let mut second = instance(db.shared()).await;
 
-        let records = order_created_records(600);
+        let records = testkit::scenario::order_created(600);
         let producing = async {
             for chunk in records.chunks(10) {
                 produce_all(kafka.client(), &topics.order_created, chunk).await;
@@ -708,7 +708,7 @@ async fn a_dead_letter_replayed_after_the_gateway_forgot_its_key_is_asked_about_
                 .await
                 .expect("topic");
         }
-        let record = order_created_records(1).remove(0);
+        let record = testkit::scenario::order_created(1).remove(0);
         let order_id = key_text(&record);
         let event: Value =
             serde_json::from_slice(record.payload.as_deref().unwrap_or_default()).expect("event");

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::gateway_double::{answer_charges, approved, gateway};
 use crate::helpers::{
-    eventually, fresh_database, order_created_records, payment_config, produce_all,
-    running_payment_service, topic_prefix, within, MINUTES_2,
+    eventually, fresh_database, payment_config, produce_all, running_payment_service, topic_prefix,
+    within, MINUTES_2,
 };
 
 #[tokio::test]
@@ -30,7 +30,7 @@ async fn a_shutdown_that_runs_out_of_time_gives_up_within_its_bound_and_says_so(
         produce_all(
             kafka.client(),
             &payments.topics.order_created,
-            &order_created_records(1),
+            &testkit::scenario::order_created(1),
         )
         .await;
         eventually(MINUTES_2, "the charge is in flight", || async {

@@ -100,43 +100,56 @@ async fn on_sigterm_readiness_turns_503_at_once_requests_are_served_through_the_
         );
         assert!(output.contains("readiness answers 503"), "{output}");
 
-        // It left its consumer group before it exited: without the leave, it would stay a
-        // member until its session (20 s) ran out, and its partitions wait as long.
-        let exited = Instant::now();
-        loop {
-            let members = broker.client().group_members(&group).await.expect("group");
-            if members.is_empty() {
-                break;
-            }
-            assert!(
-                exited.elapsed() < Duration::from_secs(5),
-                "still in its group 5 s after it exited: {members:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        left_its_group_at_once(broker, &group).await;
 
-        // Every order taken was stored, and its event published before the stop.
-        let stored: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM orders")
-            .fetch_all(db.pool())
-            .await
-            .expect("orders");
-        let stored: BTreeSet<String> = stored.iter().map(ToString::to_string).collect();
-        assert_eq!(stored, taken, "the orders stored are the orders taken");
-        let topic = Topics::with_prefix(&prefix).order_created;
-        let published = broker
-            .client()
-            .read_all(&topic, Duration::from_secs(30))
-            .await
-            .expect("read order.created");
-        let keys: BTreeSet<String> = published
-            .iter()
-            .map(|r| String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned())
-            .collect();
-        assert_eq!(published.len(), taken.len(), "one event per order");
-        assert_eq!(keys, taken, "each order's event published");
+        every_order_taken_stored_and_published(broker, &db, &prefix, &taken).await;
     })
     .await
     .expect("the test did not finish within 3 minutes");
+}
+
+/// It left its consumer group before it exited: without the leave, it would stay a member
+/// until its session (20 s) ran out, and its partitions wait as long.
+async fn left_its_group_at_once(broker: &kafka::KafkaBroker, group: &str) {
+    let exited = Instant::now();
+    loop {
+        let members = broker.client().group_members(group).await.expect("group");
+        if members.is_empty() {
+            break;
+        }
+        assert!(
+            exited.elapsed() < Duration::from_secs(5),
+            "still in its group 5 s after it exited: {members:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every order taken was stored, and its event published before the stop.
+async fn every_order_taken_stored_and_published(
+    broker: &kafka::KafkaBroker,
+    db: &testkit::TestDatabase,
+    prefix: &str,
+    taken: &BTreeSet<String>,
+) {
+    let stored: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM orders")
+        .fetch_all(db.pool())
+        .await
+        .expect("orders");
+    let stored: BTreeSet<String> = stored.iter().map(ToString::to_string).collect();
+    assert_eq!(&stored, taken, "the orders stored are the orders taken");
+    let topic = Topics::with_prefix(prefix).order_created;
+    let published = broker
+        .client()
+        .read_all(&topic, Duration::from_secs(30))
+        .await
+        .expect("read order.created");
+    let keys: BTreeSet<String> = published
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    assert_eq!(published.len(), taken.len(), "one event per order");
+    assert_eq!(&keys, taken, "each order's event published");
 }
 
 /// `GET /health/ready`: its status and body, or `None` if nothing answers.

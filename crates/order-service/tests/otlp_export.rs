@@ -77,20 +77,143 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// An OTLP/HTTP receiver on the loopback: its endpoint, and the spans it got.
+async fn receiver() -> (String, Spans) {
+    let spans = Spans::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = axum::Router::new()
+        .route("/v1/traces", post(receive))
+        .with_state(spans.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (endpoint, spans)
+}
+
+/// payment-service in this process, on `prefix`'s topics: stopped by the sender.
+async fn payment_service_here(
+    bootstrap: &str,
+    prefix: &str,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<consumer::Stats>>,
+    testkit::TestDatabase,
+) {
+    let db = postgres::fresh_database().await.expect("db");
+    let mut config =
+        testkit::services::test_config::<payment_service::Config>(&db.url, bootstrap, prefix);
+    config.service_mut().consumer_group = format!("{prefix}payment-service");
+    let payments = payment_service::build(config)
+        .await
+        .expect("payment-service");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(payments.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    (stop, running, db)
+}
+
+/// order-service as a process, exporting to `endpoint` and logging JSON.
+async fn order_service_process(
+    db: &testkit::TestDatabase,
+    bootstrap: &str,
+    prefix: &str,
+    endpoint: &str,
+) -> ServiceProcess {
+    let group = format!("{prefix}order-service");
+    let mut orders = ServiceProcess::start(
+        env!("CARGO_BIN_EXE_order-service"),
+        "ORDER_LISTEN",
+        &[
+            ("ORDER_DATABASE_URL", &db.url),
+            ("ORDER_CONSUMER_GROUP", &group),
+            ("ORDER_SHUTDOWN_DRAIN_SECS", "0"),
+            ("KAFKA_BOOTSTRAP", bootstrap),
+            ("TOPIC_PREFIX", prefix),
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "info,sqlx=warn,librdkafka=warn,rdkafka=warn"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
+    )
+    .expect("start order-service");
+    orders
+        .until_ready(Duration::from_secs(60))
+        .await
+        .expect("order-service ready");
+    orders
+}
+
+/// Posts one order; returns the trace id and span id of its response's `traceparent`.
+async fn post_one_order(orders: &ServiceProcess) -> (String, String) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let response = http
+        .post(format!("{}/orders", orders.url()))
+        .json(&serde_json::json!({"amount": 12.5}))
+        .send()
+        .await
+        .expect("POST /orders");
+    assert_eq!(response.status(), 201);
+    let traceparent = response.headers()["traceparent"].to_str().expect("ascii");
+    (
+        traceparent[3..35].to_owned(),
+        traceparent[36..52].to_owned(),
+    )
+}
+
+/// The spans of `trace_id`, once the one named `last` has arrived (and what was queued
+/// behind it).
+async fn spans_until(
+    spans: &Spans,
+    trace_id: &str,
+    last: &str,
+    orders: &ServiceProcess,
+) -> Vec<Received> {
+    let of_trace = || -> Vec<Received> {
+        let seen = spans.lock().expect("lock");
+        seen.iter()
+            .filter(|s| s.trace_id == trace_id)
+            .cloned()
+            .collect()
+    };
+    let started = tokio::time::Instant::now();
+    while !of_trace().iter().any(|s| s.name == last) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the last hop never arrived; spans of the trace: {:#?}\norder-service's log:\n{}",
+            of_trace(),
+            orders.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    of_trace()
+}
+
+/// `trace` is exactly `wanted`, each span the child of the one before, the first a root.
+fn assert_one_chain(trace: &[Received], wanted: &[(&str, String, i32)]) {
+    assert_eq!(trace.len(), wanted.len(), "six spans, no more: {trace:#?}");
+    let mut parent = String::new();
+    for (service, name, kind) in wanted {
+        let span = trace
+            .iter()
+            .find(|s| &s.name == name)
+            .unwrap_or_else(|| panic!("no span {name}: {trace:#?}"));
+        assert_eq!(span.service, *service, "{name}'s service");
+        assert_eq!(span.kind, *kind, "{name}'s kind");
+        assert_eq!(span.parent_span_id, parent, "{name}'s parent: {trace:#?}");
+        parent = span.span_id.clone();
+    }
+}
+
 #[tokio::test]
 async fn one_order_is_one_trace_of_six_spans_each_the_child_of_the_one_before() {
     tokio::time::timeout(Duration::from_secs(240), async {
-        // The receiver.
-        let spans = Spans::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-        let app = axum::Router::new()
-            .route("/v1/traces", post(receive))
-            .with_state(spans.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-
+        let (endpoint, spans) = receiver().await;
         // This process exports as payment-service, in batches sent every 200 ms. The
         // variables are set before any thread of this binary reads the environment.
         std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
@@ -102,63 +225,13 @@ async fn one_order_is_one_trace_of_six_spans_each_the_child_of_the_one_before() 
         let broker = kafka::broker().await.expect("kafka");
         let prefix = format!("{}.", unique_name("otlp"));
         let topics = events::Topics::with_prefix(&prefix);
-        let payments_db = postgres::fresh_database().await.expect("db");
-        let mut config = testkit::services::test_config::<payment_service::Config>(
-            &payments_db.url,
-            broker.bootstrap(),
-            &prefix,
-        );
-        config.service_mut().consumer_group = format!("{prefix}payment-service");
-        let payments = payment_service::build(config)
-            .await
-            .expect("payment-service");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let payments = tokio::spawn(payments.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
-
+        let (stop, payments, _payments_db) =
+            payment_service_here(broker.bootstrap(), &prefix).await;
         let orders_db = postgres::fresh_database().await.expect("db");
-        let group = format!("{prefix}order-service");
-        let mut orders = ServiceProcess::start(
-            env!("CARGO_BIN_EXE_order-service"),
-            "ORDER_LISTEN",
-            &[
-                ("ORDER_DATABASE_URL", &orders_db.url),
-                ("ORDER_CONSUMER_GROUP", &group),
-                ("ORDER_SHUTDOWN_DRAIN_SECS", "0"),
-                ("KAFKA_BOOTSTRAP", broker.bootstrap()),
-                ("TOPIC_PREFIX", &prefix),
-                ("LOG_FORMAT", "json"),
-                ("RUST_LOG", "info,sqlx=warn,librdkafka=warn,rdkafka=warn"),
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-                ("OTEL_BSP_SCHEDULE_DELAY", "200"),
-            ],
-        )
-        .expect("start order-service");
-        orders
-            .until_ready(Duration::from_secs(60))
-            .await
-            .expect("order-service ready");
+        let mut orders =
+            order_service_process(&orders_db, broker.bootstrap(), &prefix, &endpoint).await;
 
-        // One order.
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("client");
-        let response = http
-            .post(format!("{}/orders", orders.url()))
-            .json(&serde_json::json!({"amount": 12.5}))
-            .send()
-            .await
-            .expect("POST /orders");
-        assert_eq!(response.status(), 201);
-        let traceparent = response.headers()["traceparent"]
-            .to_str()
-            .expect("ascii")
-            .to_owned();
-        let (trace_id, request_span) = (&traceparent[3..35], &traceparent[36..52]);
-
-        // Until order-service's consume of the payment arrives (it is the last hop).
+        let (trace_id, request_span) = post_one_order(&orders).await;
         let wanted = [
             ("order-service", "POST /orders".to_owned(), SERVER),
             (
@@ -183,40 +256,8 @@ async fn one_order_is_one_trace_of_six_spans_each_the_child_of_the_one_before() 
                 CONSUMER,
             ),
         ];
-        let of_trace = || -> Vec<Received> {
-            let seen = spans.lock().expect("lock");
-            seen.iter()
-                .filter(|s| s.trace_id == trace_id)
-                .cloned()
-                .collect()
-        };
-        let started = tokio::time::Instant::now();
-        while !of_trace().iter().any(|s| s.name == wanted[5].1) {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the last hop never arrived; spans of the trace: {:#?}\norder-service's log:\n{}",
-                of_trace(),
-                orders.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        // Anything still queued behind it.
-        tokio::time::sleep(Duration::from_millis(600)).await;
-
-        let trace = of_trace();
-        assert_eq!(trace.len(), wanted.len(), "six spans, no more: {trace:#?}");
-        let mut parent = String::new();
-        for (service, name, kind) in &wanted {
-            let span = trace
-                .iter()
-                .find(|s| &s.name == name)
-                .unwrap_or_else(|| panic!("no span {name}: {trace:#?}"));
-            assert_eq!(span.service, *service, "{name}'s service");
-            assert_eq!(span.kind, *kind, "{name}'s kind");
-            assert_eq!(span.parent_span_id, parent, "{name}'s parent: {trace:#?}");
-            parent = span.span_id.clone();
-        }
-        assert_eq!(trace[0].span_id.len(), 16);
+        let trace = spans_until(&spans, &trace_id, &wanted[5].1, &orders).await;
+        assert_one_chain(&trace, &wanted);
         let request = trace
             .iter()
             .find(|s| s.name == "POST /orders")
@@ -233,8 +274,8 @@ async fn one_order_is_one_trace_of_six_spans_each_the_child_of_the_one_before() 
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .find(|l| l["message"] == "order accepted")
             .unwrap_or_else(|| panic!("no 'order accepted' line in\n{log}"));
-        assert_eq!(accepted["trace_id"], trace_id, "{accepted}");
-        assert_eq!(accepted["span_id"], request_span, "{accepted}");
+        assert_eq!(accepted["trace_id"], trace_id.as_str(), "{accepted}");
+        assert_eq!(accepted["span_id"], request_span.as_str(), "{accepted}");
 
         orders.terminate().expect("SIGTERM");
         orders

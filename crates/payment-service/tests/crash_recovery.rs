@@ -10,25 +10,12 @@
 //! before the database commit. The restarted process asks again, under the same
 //! idempotency key per order, so a gateway that honours the key charges each order once.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use events::{Currency, OrderCreated, Topics};
-use testkit::{kafka, postgres, unique_name, Record, TestDatabase};
-use uuid::Uuid;
+use events::Topics;
+use testkit::{eventually, kafka, postgres, unique_name, Record, ServiceProcess, TestDatabase};
 
 const ORDERS: usize = 500;
-
-fn order_created(count: usize) -> Vec<Record> {
-    (0..count)
-        .map(|i| {
-            let order_id = Uuid::now_v7();
-            let amount = format!("{}.25", 1 + i).parse().expect("amount");
-            let event = OrderCreated::event(order_id, amount, Currency::USD);
-            Record::new(serde_json::to_vec(&event).expect("json")).key(order_id.to_string())
-        })
-        .collect()
-}
 
 /// `count` order.created events waiting on a topic of their own, and a fresh database.
 struct Waiting {
@@ -48,7 +35,7 @@ async fn orders_waiting(name: &str, count: usize) -> Waiting {
         .create_topic(&topics.order_created, 6, 1)
         .await
         .expect("topic");
-    let records = order_created(count);
+    let records = testkit::scenario::order_created(count);
     broker
         .client()
         .produce_all(&topics.order_created, &records)
@@ -69,32 +56,38 @@ async fn orders_waiting(name: &str, count: usize) -> Waiting {
     }
 }
 
-fn spawn_service(
+/// payment-service as a process of its own: committing offsets every `commit_ms`,
+/// waiting `batch_wait_ms` for a batch to fill, charging at `gateway` (the simulated
+/// gateway when `None`).
+fn start_service(
     db: &TestDatabase,
     bootstrap: &str,
     prefix: &str,
-    commit_ms: u64,
-    batch_wait_ms: u64,
+    (commit_ms, batch_wait_ms): (u64, u64),
     gateway: Option<&str>,
-) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_payment-service"));
+) -> ServiceProcess {
+    let group = format!("{prefix}payment-service");
+    let (commit, wait) = (commit_ms.to_string(), batch_wait_ms.to_string());
+    let mut env = vec![
+        ("PAYMENT_GATEWAY_TIMEOUT_MS", "10000"),
+        ("PAYMENT_DATABASE_URL", db.url.as_str()),
+        ("KAFKA_BOOTSTRAP", bootstrap),
+        ("TOPIC_PREFIX", prefix),
+        ("PAYMENT_CONSUMER_GROUP", group.as_str()),
+        ("CONSUMER_COMMIT_INTERVAL_MS", commit.as_str()),
+        ("CONSUMER_BATCH_WAIT_MS", wait.as_str()),
+        ("PAYMENT_SHUTDOWN_DRAIN_SECS", "0"),
+        ("RUST_LOG", "warn"),
+    ];
     if let Some(url) = gateway {
-        command.env("PAYMENT_GATEWAY_URL", url);
+        env.push(("PAYMENT_GATEWAY_URL", url));
     }
-    command
-        .env("PAYMENT_GATEWAY_TIMEOUT_MS", "10000")
-        .env("PAYMENT_LISTEN", "127.0.0.1:0")
-        .env("PAYMENT_DATABASE_URL", &db.url)
-        .env("KAFKA_BOOTSTRAP", bootstrap)
-        .env("TOPIC_PREFIX", prefix)
-        .env("PAYMENT_CONSUMER_GROUP", format!("{prefix}payment-service"))
-        .env("CONSUMER_COMMIT_INTERVAL_MS", commit_ms.to_string())
-        .env("CONSUMER_BATCH_WAIT_MS", batch_wait_ms.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start payment-service")
+    ServiceProcess::start(
+        env!("CARGO_BIN_EXE_payment-service"),
+        "PAYMENT_LISTEN",
+        &env,
+    )
+    .expect("start payment-service")
 }
 
 async fn count(db: &TestDatabase, sql: &str) -> i64 {
@@ -102,14 +95,6 @@ async fn count(db: &TestDatabase, sql: &str) -> i64 {
         .fetch_one(db.pool())
         .await
         .unwrap_or(-1)
-}
-
-async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test]
@@ -124,7 +109,7 @@ async fn killed_between_database_commit_and_offset_commit_it_pays_each_order_onc
         } = orders_waiting("crash", ORDERS).await;
         let client = broker.client();
         let group = format!("{prefix}payment-service");
-        let mut first = spawn_service(&db, broker.bootstrap(), &prefix, 60_000, 0, None);
+        let mut first = start_service(&db, broker.bootstrap(), &prefix, (60_000, 0), None);
         eventually(
             Duration::from_secs(120),
             "every order paid in the database",
@@ -132,7 +117,6 @@ async fn killed_between_database_commit_and_offset_commit_it_pays_each_order_onc
         )
         .await;
         first.kill().expect("SIGKILL");
-        first.wait().expect("reaped");
         let committed = client
             .committed_total(&group, &topics.order_created)
             .await
@@ -142,7 +126,7 @@ async fn killed_between_database_commit_and_offset_commit_it_pays_each_order_onc
             "the kill lands after the database commit and before any offset commit"
         );
 
-        let mut second = spawn_service(&db, broker.bootstrap(), &prefix, 1000, 0, None);
+        let mut second = start_service(&db, broker.bootstrap(), &prefix, (1000, 0), None);
         eventually(
             Duration::from_secs(120),
             "the redelivered batch consumed",
@@ -169,7 +153,6 @@ async fn killed_between_database_commit_and_offset_commit_it_pays_each_order_onc
             "one payment.completed per order"
         );
         let _ = second.kill();
-        let _ = second.wait();
     })
     .await
     .expect("the test did not finish within 5 minutes");
@@ -207,7 +190,7 @@ async fn killed_after_the_gateway_charged_and_before_the_database_commit_it_char
         let uri = gateway.uri();
         // The premise, made sure of: all twenty in the first batch (the service waits a
         // second for it to fill), so none is committed before the kill.
-        let mut first = spawn_service(&db, broker.bootstrap(), &prefix, 1000, 1000, Some(&uri));
+        let mut first = start_service(&db, broker.bootstrap(), &prefix, (1000, 1000), Some(&uri));
         eventually(
             Duration::from_secs(120),
             "every order charged at the gateway",
@@ -215,14 +198,13 @@ async fn killed_after_the_gateway_charged_and_before_the_database_commit_it_char
         )
         .await;
         first.kill().expect("SIGKILL");
-        first.wait().expect("reaped");
         assert_eq!(
             count(&db, "SELECT count(*) FROM payments").await,
             0,
             "the kill lands after the charges and before the database commit"
         );
 
-        let mut second = spawn_service(&db, broker.bootstrap(), &prefix, 1000, 0, Some(&uri));
+        let mut second = start_service(&db, broker.bootstrap(), &prefix, (1000, 0), Some(&uri));
         eventually(
             Duration::from_secs(120),
             "every order paid after the restart",
@@ -230,7 +212,6 @@ async fn killed_after_the_gateway_charged_and_before_the_database_commit_it_char
         )
         .await;
         let _ = second.kill();
-        let _ = second.wait();
 
         // Per idempotency key: the order it names, asked once by each process.
         let mut per_key: std::collections::BTreeMap<String, usize> = Default::default();

@@ -14,6 +14,8 @@
 //! - [`names`]: unique topic, group and database names, so tests never share state.
 //! - [`services`]: the platform's services as tests configure them.
 //! - [`process`]: a service run as an OS process (exit status, signals, its log).
+//! - [`scenario`]: `order.created` events as order-service publishes them, and
+//!   [`eventually`].
 //! - [`secure_kafka`]: a broker that speaks only SASL_SSL and mutual TLS, and [`tls`]:
 //!   the certificates made for it (and for PostgreSQL with `ssl=on`) at test time.
 //!
@@ -36,6 +38,7 @@ pub mod names;
 pub mod postgres;
 pub mod process;
 pub mod runtime;
+pub mod scenario;
 pub mod secure_kafka;
 pub mod services;
 pub mod tls;
@@ -46,3 +49,4 @@ pub use error::{Error, Result};
 pub use names::unique_name;
 pub use postgres::{PostgresServer, TestDatabase};
 pub use process::ServiceProcess;
+pub use scenario::eventually;

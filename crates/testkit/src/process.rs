@@ -61,6 +61,15 @@ impl ServiceProcess {
         }
     }
 
+    /// Sends SIGKILL: the process dies at once, as in a crash.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child
+            .kill()
+            .map_err(|e| Error::Unsupported(format!("kill -KILL: {e}")))?;
+        let _ = self.child.wait();
+        Ok(())
+    }
+
     /// Waits until it exits, for at most `limit` (then it is killed): its status.
     pub async fn wait_exit(&mut self, limit: Duration) -> Result<ExitStatus> {
         let started = Instant::now();
