@@ -663,13 +663,8 @@ async fn three_unchargeable_among_five(
         .expect("topic");
     let records = testkit::scenario::order_created(3);
     for record in &records {
-        answer_charges_containing(
-            gateway,
-            &key_text(record),
-            ResponseTemplate::new(503),
-            None,
-        )
-        .await;
+        answer_charges_containing(gateway, &key_text(record), ResponseTemplate::new(503), None)
+            .await;
     }
     answer_charges(gateway, approved()).await;
     let mut all = records.clone();

@@ -141,16 +141,7 @@ async fn start_single_broker() -> Result<KafkaBroker> {
 
 async fn start_single_broker_once() -> Result<KafkaBroker> {
     let port = engine::free_port()?;
-    let node = Node {
-        node_id: 1,
-        host_port: port,
-        hostname: "localhost".into(),
-        voters: "1@localhost:9093".into(),
-        replication: 1,
-        min_insync: 1,
-        cluster_id: new_cluster_id(),
-        secure: None,
-    };
+    let node = Node::single(port, None);
     let image = kafka_image();
     // Readiness is judged by the broker answering metadata requests, not by its log:
     // following container logs through Podman's API can end early.
@@ -214,6 +205,21 @@ pub(crate) const SASL_SSL_PORT: u16 = 9094;
 pub(crate) const MTLS_PORT: u16 = 9095;
 
 impl Node {
+    /// The one node of a single-broker cluster, reached on `host_port` (or, when
+    /// `secure`, on its secure listeners' ports).
+    pub(crate) fn single(host_port: u16, secure: Option<SecureListeners>) -> Self {
+        Self {
+            node_id: 1,
+            host_port,
+            hostname: "localhost".into(),
+            voters: "1@localhost:9093".into(),
+            replication: 1,
+            min_insync: 1,
+            cluster_id: new_cluster_id(),
+            secure,
+        }
+    }
+
     /// The container request for this node, optionally on a user-defined network.
     pub(crate) fn request(&self, network: Option<&str>) -> ContainerRequest<GenericImage> {
         let image = kafka_image();

@@ -11,7 +11,7 @@ use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage};
 
 use crate::images::kafka_image;
-use crate::kafka::{new_cluster_id, KafkaClient, Node, SecureListeners};
+use crate::kafka::{KafkaClient, Node, SecureListeners};
 use crate::runtime::{on_testkit, spawn_detached};
 use crate::tls::{one_line, Certificates};
 use crate::{engine, Error, Result};
@@ -44,15 +44,9 @@ impl SecureKafka {
             engine::docker().await?;
             let certificates = Certificates::new("order-platform test CA")?;
             let (sasl_ssl_port, mtls_port) = (engine::free_port()?, engine::free_port()?);
-            let node = Node {
-                node_id: 1,
-                host_port: sasl_ssl_port,
-                hostname: "localhost".into(),
-                voters: "1@localhost:9093".into(),
-                replication: 1,
-                min_insync: 1,
-                cluster_id: new_cluster_id(),
-                secure: Some(SecureListeners {
+            let node = Node::single(
+                sasl_ssl_port,
+                Some(SecureListeners {
                     sasl_ssl_port,
                     mtls_port,
                     properties: broker_properties(&certificates),
@@ -60,7 +54,7 @@ impl SecureKafka {
                         .map(|m| format!("{m}=[name={USER},password={PASSWORD}]"))
                         .join(";"),
                 }),
-            };
+            );
             let container = node
                 .request(None)
                 .start()
